@@ -1,0 +1,229 @@
+"""How text becomes a vector: tokenize a batch, drop what model2vec drops, pool the rows.
+
+``StaticEmbedder`` is immutable once built: its tokenizer copy carries its own truncation,
+so any number of threads may call ``encode`` at once, each embedder with its own settings,
+while all of them share one memory-mapped matrix.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+from tokenizers import Tokenizer
+
+from beam_m2v.errors import InvalidTextError
+from beam_m2v.pooling import VocabularyMatrix, mean_pool, seed_pool
+from beam_m2v.sources import ModelFiles, content_fingerprint
+from beam_m2v.text_checks import first_invalid_text
+from beam_m2v.tokenization import (
+    TokenIds,
+    flatten_ids,
+    keep_ids,
+    median_token_length,
+    model2vec_tokenizer,
+    seed_tokenizer,
+    truncate_ids,
+    unknown_token_id,
+)
+
+#: Texts per tokenizer call; a batch this size keeps both cores busy and the ids small.
+CHUNK_SIZE = 1024
+
+
+class Semantics(str, enum.Enum):
+    """Which reference a model's vectors reproduce."""
+
+    MODEL2VEC = "model2vec"
+    """model2vec's ``StaticModel.encode``: pre-truncation, unknown ids dropped, mean, ``v / (norm + 1e-32)``."""
+    SEED = "seed"
+    """The Rust ``StaticBackend``: tokenizer as configured by its file, ids past the matrix skipped,
+    unknown ids kept, mean, ``v / max(norm, 1e-12)``."""
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Everything besides the matrix that decides a vector."""
+
+    semantics: Semantics
+    normalize: bool
+    max_length: int | None
+    """Token budget (model2vec semantics); None means no truncation."""
+
+
+class StaticEmbedder:
+    """A loaded static model: ``encode`` texts to float32 vectors exactly as the reference does."""
+
+    def __init__(
+        self,
+        matrix: VocabularyMatrix,
+        tokenizer: Tokenizer,
+        settings: EncodingSettings,
+        *,
+        files: ModelFiles | None = None,
+    ) -> None:
+        """Build an embedder; the tokenizer is copied and configured, the matrix is shared as is."""
+        self.matrix = matrix
+        self.settings = settings
+        self.files = files
+        self._raw_tokenizer = tokenizer
+        if settings.semantics is Semantics.SEED:
+            self._tokenizer = seed_tokenizer(tokenizer)
+            self._unknown_id: int | None = None
+            self._char_limit: int | None = None
+        else:
+            self._tokenizer = model2vec_tokenizer(tokenizer)
+            self._unknown_id = unknown_token_id(tokenizer)
+            self._char_limit = (
+                None if settings.max_length is None else settings.max_length * median_token_length(tokenizer)
+            )
+
+    @property
+    def source(self) -> str:
+        """What the model was loaded from, as the user named it."""
+        return self.files.source if self.files is not None else ""
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model's files (computed on first use); empty for an in-memory model."""
+        return content_fingerprint(self.files) if self.files is not None else ""
+
+    @property
+    def dim(self) -> int:
+        """Length of every vector this model returns."""
+        return self.matrix.dim
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """This embedder's own configured tokenizer (do not mutate it)."""
+        return self._tokenizer
+
+    def with_settings(
+        self,
+        *,
+        normalize: bool | None = None,
+        max_length: int | None | object = ...,
+        dimensionality: int | None = None,
+    ) -> StaticEmbedder:
+        """Another embedder on the same shared matrix with some settings changed."""
+        settings = self.settings
+        if normalize is not None:
+            settings = replace(settings, normalize=normalize)
+        if max_length is not ...:
+            settings = replace(settings, max_length=max_length)  # type: ignore[arg-type]
+        matrix = self.matrix
+        if dimensionality is not None:
+            matrix = matrix.truncated(dimensionality)
+        return StaticEmbedder(
+            matrix, self._raw_tokenizer, settings, files=self.files
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def token_ids(self, texts: Sequence[str]) -> TokenIds:
+        """The ids each text contributes to its vector, after every rule of the semantics."""
+        if self._char_limit is not None:
+            limit = self._char_limit
+            texts = [text[:limit] if len(text) > limit else text for text in texts]
+        try:
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except (TypeError, UnicodeEncodeError, ValueError) as error:
+            invalid = first_invalid_text(texts)
+            raise invalid if invalid is not None else error
+        token_ids = flatten_ids([encoding.ids for encoding in encodings])
+        if self.settings.semantics is Semantics.SEED:
+            return keep_ids(token_ids, token_ids.ids < self.matrix.rows)
+        if self.settings.max_length is not None:
+            token_ids = truncate_ids(token_ids, self.settings.max_length)
+        if self._unknown_id is not None:
+            token_ids = keep_ids(token_ids, token_ids.ids != self._unknown_id)
+        return token_ids
+
+    def _encode_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors of one chunk and the number of tokens pooled."""
+        token_ids = self.token_ids(texts)
+        if self.settings.semantics is Semantics.SEED:
+            vectors = seed_pool(self.matrix, token_ids)
+        else:
+            vectors = mean_pool(self.matrix, token_ids, normalize=self.settings.normalize)
+        return vectors, int(token_ids.ids.size)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``: a (len(texts), dim) float32 array, row ``i`` for ``texts[i]``.
+
+        Raises InvalidTextError (with the position) for an element that is not a valid str.
+        Large inputs are split into chunks tokenized on a shared thread pool.
+        """
+        return self.encode_with_stats(texts)[0]
+
+    def encode_with_stats(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Like ``encode``, also returning how many tokens were pooled (for metrics)."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts, not one str")
+        n = len(texts)
+        if n <= CHUNK_SIZE:
+            if n == 0:
+                return np.zeros((0, self.dim), dtype=np.float32), 0
+            return self._encode_chunk(texts)
+        results = list(_executor().map(lambda start: self._encode_slice(texts, start), range(0, n, CHUNK_SIZE)))
+        vectors = np.concatenate([vectors for vectors, _ in results])
+        return vectors, sum(tokens for _, tokens in results)
+
+    def _encode_slice(self, texts: Sequence[str], start: int) -> tuple[np.ndarray, int]:
+        """Encode ``texts[start:start + CHUNK_SIZE]``, reporting invalid positions relative to ``texts``."""
+        try:
+            return self._encode_chunk(texts[start : start + CHUNK_SIZE])
+        except InvalidTextError as error:
+            raise InvalidTextError(start + error.index, error.reason) from None
+
+    def encode_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.FixedSizeListArray:
+        """Embed an Arrow string / large_string array (or chunked array) to ``fixed_size_list<float32>[dim]``.
+
+        Null entries stay null. No Python list of floats is ever built.
+        """
+        return self.encode_arrow_with_stats(texts)[0]
+
+    def encode_arrow_with_stats(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.FixedSizeListArray, int]:
+        """Like ``encode_arrow``, also returning how many tokens were pooled."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            raise TypeError(f"encode_arrow takes a string or large_string array, got {texts.type}")
+        valid = texts.is_valid().to_numpy(zero_copy_only=False)
+        strings = texts.drop_null().to_pylist() if texts.null_count else texts.to_pylist()
+        present, tokens = self.encode_with_stats(strings)
+        if texts.null_count:
+            vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+            vectors[valid] = present
+            mask: pa.Array | None = pa.array(~valid)
+        else:
+            vectors, mask = present, None
+        return vector_array(vectors, mask), tokens
+
+
+def vector_array(vectors: np.ndarray, mask: pa.Array | None = None) -> pa.FixedSizeListArray:
+    """Wrap a (n, dim) float32 array as ``fixed_size_list<float32>[dim]`` without copying."""
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1], mask=mask)
+
+
+_executor_lock = threading.Lock()
+_shared_executor: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    """One thread pool per process, sized to the cores, shared by every embedder."""
+    global _shared_executor
+    with _executor_lock:
+        if _shared_executor is None:
+            _shared_executor = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="beam-m2v-encode"
+            )
+        return _shared_executor

@@ -1,0 +1,159 @@
+"""``load_model``: from a source to a ready ``StaticEmbedder``, failing early with a clear message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
+from beam_m2v.errors import ModelLoadError
+from beam_m2v.matrix_files import map_raw_matrix, map_safetensors
+from beam_m2v.pooling import VocabularyMatrix
+from beam_m2v.sources import HubOptions, Layout, ModelFiles, resolve_model_files
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_RAW_DIM = 256
+
+
+class _Unset:
+    """Marker for 'use the model's own value'."""
+
+    def __repr__(self) -> str:
+        return "<model's own>"
+
+
+MODEL_DEFAULT: Any = _Unset()
+"""Default of ``load_model(max_length=...)``: the model config's value (512 when absent)."""
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    tokenizer: str | None = None,
+    dimensionality: int | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = MODEL_DEFAULT,
+    semantics: Semantics | str | None = None,
+    dim: int = DEFAULT_RAW_DIM,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | None = None,
+) -> StaticEmbedder:
+    """Load a static model, memory-mapped, ready to ``encode``.
+
+    Args:
+        source: a local model folder (model2vec or Sentence Transformers static layout, or a folder
+            with the seed's ``vocab_matrix.bin`` + ``tokenizer.json``), a matrix file, a Hugging Face
+            hub id such as ``minishlab/potion-base-8M``, or ``hf://owner/name/path/in/repo``.
+        tokenizer: where the tokenizer comes from when it is not beside the matrix (a file, a folder
+            or a hub id); the seed's raw models usually take the tokenizer of their source model.
+        dimensionality: keep only the first columns (Matryoshka / PCA truncation), as model2vec does.
+        normalize: L2-normalise the vectors; defaults to the model config (False when absent).
+        max_length: token budget per text; defaults to the model config (512 when absent), None for none.
+        semantics: ``"model2vec"`` (default for model2vec and Sentence Transformers folders) or
+            ``"seed"`` (default for the raw format): which reference the vectors reproduce.
+        dim: number of columns of a raw ``vocab_matrix.bin`` (the seed's default, 256).
+        revision, token, cache_dir: for the hub, as in ``huggingface_hub.snapshot_download``;
+            ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are honoured.
+
+    Raises:
+        ModelLoadError: naming the file and the problem when the model is missing or damaged.
+    """
+    files = resolve_model_files(
+        os.fspath(source), tokenizer=tokenizer, hub=HubOptions(revision=revision, token=token, cache_dir=cache_dir)
+    )
+    config = _read_config(files)
+    hf_tokenizer = _read_tokenizer(files.tokenizer)
+    matrix = _read_matrix(files, dim)
+    chosen = Semantics(semantics) if semantics is not None else (
+        Semantics.SEED if files.layout is Layout.RAW else Semantics.MODEL2VEC
+    )
+    _check_rows(files, matrix, hf_tokenizer, chosen)
+    if dimensionality is not None:
+        if not 0 < dimensionality <= matrix.dim:
+            raise ModelLoadError(files.matrix, f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
+        matrix = matrix.truncated(dimensionality)
+    if chosen is Semantics.SEED:
+        settings = EncodingSettings(Semantics.SEED, normalize=True if normalize is None else normalize, max_length=None)
+    else:
+        settings = EncodingSettings(
+            Semantics.MODEL2VEC,
+            normalize=bool(config.get("normalize", False)) if normalize is None else normalize,
+            max_length=config.get("max_length", DEFAULT_MAX_LENGTH) if max_length is MODEL_DEFAULT else max_length,
+        )
+    return StaticEmbedder(matrix, hf_tokenizer, settings, files=files)
+
+
+def _read_config(files: ModelFiles) -> dict[str, Any]:
+    """The model's config.json as a dict ({} for the raw format)."""
+    if files.config is None:
+        return {}
+    try:
+        with open(files.config, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(files.config, f"unreadable config: {error}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(files.config, "config is not a JSON object")
+    return config
+
+
+def _read_tokenizer(path: str) -> Tokenizer:
+    """Load ``tokenizer.json``, naming the file when it is missing or broken."""
+    if not os.path.isfile(path):
+        raise ModelLoadError(path, "missing tokenizer")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as error:  # tokenizers raises a bare Exception on parse errors
+        raise ModelLoadError(path, f"not a valid tokenizers tokenizer.json: {error}") from None
+
+
+_FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)}
+
+
+def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
+    """Memory-map the vocabulary matrix (and mapping/weights of vocabulary-quantized models)."""
+    if files.layout is Layout.RAW:
+        return VocabularyMatrix(map_raw_matrix(files.matrix, dim))
+    tensors = map_safetensors(files.matrix)
+    embeddings = tensors.get(files.tensor_name)
+    if embeddings is None:
+        raise ModelLoadError(files.matrix, f"no tensor {files.tensor_name!r}; tensors found: {sorted(tensors)}")
+    if embeddings.ndim != 2 or embeddings.shape[1] == 0:
+        raise ModelLoadError(files.matrix, f"tensor {files.tensor_name!r} has shape {embeddings.shape}, not (vocab, dim)")
+    if embeddings.dtype not in _FLOAT_KINDS:
+        raise ModelLoadError(files.matrix, f"embeddings dtype {embeddings.dtype} is not float16/32/64 or int8")
+    mapping, weights = tensors.get("mapping"), tensors.get("weights")
+    if mapping is not None:
+        if mapping.dtype.kind not in "iu" or mapping.ndim != 1:
+            raise ModelLoadError(files.matrix, f"tensor 'mapping' must be a 1-d integer vector, got {mapping.dtype}")
+        if mapping.size and int(mapping.max()) >= embeddings.shape[0]:
+            raise ModelLoadError(
+                files.matrix, f"tensor 'mapping' points at row {int(mapping.max())}, the matrix has {embeddings.shape[0]}"
+            )
+        mapping = np.asarray(mapping, dtype=np.int64)
+    if weights is not None and (weights.ndim != 1 or weights.dtype.kind != "f"):
+        raise ModelLoadError(files.matrix, f"tensor 'weights' must be a 1-d float vector, got {weights.dtype}")
+    return VocabularyMatrix(embeddings, mapping, weights)
+
+
+def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenizer, semantics: Semantics) -> None:
+    """Every id the tokenizer can produce needs a row (the seed semantics skips ids past the matrix)."""
+    vocab = tokenizer.get_vocab()
+    needed = max(vocab.values()) + 1 if vocab else 0
+    if matrix.weights is not None and matrix.weights.shape[0] < matrix.rows:
+        raise ModelLoadError(files.matrix, f"tensor 'weights' has {matrix.weights.shape[0]} entries for {matrix.rows} ids")
+    if matrix.rows >= needed:
+        return
+    problem = f"matrix has {matrix.rows} rows but the tokenizer {files.tokenizer} has ids up to {needed - 1}"
+    if semantics is Semantics.SEED:
+        logger.warning("%s: %s; the seed semantics skips those ids", files.matrix, problem)
+        return
+    raise ModelLoadError(files.matrix, problem)

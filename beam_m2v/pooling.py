@@ -1,0 +1,117 @@
+"""How token ids become one vector per text: the mean of their rows, then (optionally) L2 normalisation.
+
+The arithmetic follows model2vec 0.10.0 step by step so that results are bit-identical:
+rows are summed left to right in the accumulator numpy's ``mean`` would use (float32 for
+float16/float32 matrices, float64 for integer and float64 ones), divided by the count,
+cast back to the matrix's output dtype, and normalised in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from beam_m2v.tokenization import TokenIds
+
+@dataclass(frozen=True)
+class VocabularyMatrix:
+    """The vectors of a model: one row per token id, optionally through a vocabulary-quantization map.
+
+    ``embeddings`` may be a read-only memory map; nothing here writes to it or copies it whole.
+    With ``mapping``/``weights`` (vocabulary-quantized models) the row of token ``t`` is
+    ``embeddings[mapping[t]] * weights[t]``.
+    """
+
+    embeddings: np.ndarray
+    mapping: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        """Number of columns of every vector."""
+        return int(self.embeddings.shape[1])
+
+    @property
+    def rows(self) -> int:
+        """How many token ids have a row."""
+        return int(self.mapping.shape[0] if self.mapping is not None else self.embeddings.shape[0])
+
+    @property
+    def output_dtype(self) -> np.dtype[np.floating]:
+        """The dtype model2vec returns vectors in for this matrix (int8 matrices give float32)."""
+        dtype = self.embeddings.dtype
+        return np.dtype(np.float32) if dtype.kind in "iu" else np.dtype(dtype)
+
+    def truncated(self, dimensionality: int) -> VocabularyMatrix:
+        """The same matrix keeping only its first ``dimensionality`` columns (a view, no copy)."""
+        return VocabularyMatrix(self.embeddings[:, :dimensionality], self.mapping, self.weights)
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of ``ids``, weighted as the model requires."""
+        if self.mapping is None:
+            rows = self.embeddings.take(ids, axis=0)
+        else:
+            rows = self.embeddings.take(self.mapping.take(ids), axis=0)
+        if self.weights is not None:
+            rows = rows * self.weights.take(ids)[:, None]
+        return rows
+
+
+def _accumulator(dtype: np.dtype[np.generic]) -> np.dtype[np.floating]:
+    """The dtype numpy's ``mean`` accumulates ``dtype`` values in."""
+    if dtype.kind in "iub":
+        return np.dtype(np.float64)
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
+
+
+def sum_rows(matrix: VocabularyMatrix, token_ids: TokenIds) -> tuple[np.ndarray, np.ndarray]:
+    """Sum each text's rows strictly left to right; returns (sums, counts), empty texts summing to zero.
+
+    numpy's pairwise summation (``reduceat``, ``sum`` along a contiguous axis) would round
+    differently from model2vec. Instead texts are ordered by length and the ``j``-th row of
+    every text still that long is added in one vectorised step, for ``j = 0, 1, ...``: each
+    text's sum is built in token order, as in the reference.
+    """
+    counts = token_ids.lengths
+    n = counts.size
+    row_dtype = matrix.gather(token_ids.ids[:0]).dtype
+    sums = np.zeros((n, matrix.dim), dtype=_accumulator(row_dtype))
+    if n == 0 or token_ids.ids.size == 0:
+        return sums, counts
+    order = np.argsort(-counts, kind="stable")
+    sorted_counts = counts[order]
+    starts = token_ids.offsets[:-1][order]
+    # still_active[j]: how many texts (a prefix of ``order``) have more than j ids.
+    still_active = np.searchsorted(-sorted_counts, -np.arange(int(sorted_counts[0])), side="left")
+    ordered = np.zeros_like(sums)
+    for position, active in enumerate(still_active.tolist()):
+        rows = matrix.gather(token_ids.ids[starts[:active] + position])
+        np.add(ordered[:active], rows, out=ordered[:active], casting="unsafe")
+    sums[order] = ordered
+    return sums, counts
+
+
+def mean_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool) -> np.ndarray:
+    """model2vec's pooled vectors, as float32 (values exactly those model2vec returns in its own dtype)."""
+    sums, counts = sum_rows(matrix, token_ids)
+    out_dtype = matrix.output_dtype
+    non_empty = counts > 0
+    means = np.zeros(sums.shape, dtype=out_dtype)
+    np.divide(sums, counts[:, None].astype(sums.dtype), out=means, where=non_empty[:, None], casting="unsafe")
+    vectors = means.astype(np.float32)
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-32)
+        vectors = (vectors / norms).astype(out_dtype).astype(np.float32)
+    return vectors
+
+
+def seed_pool(matrix: VocabularyMatrix, token_ids: TokenIds) -> np.ndarray:
+    """The seed's vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``; no tokens give zeros."""
+    sums, counts = sum_rows(matrix, token_ids)
+    vectors = np.zeros(sums.shape, dtype=np.float32)
+    np.divide(sums, counts[:, None].astype(np.float32), out=vectors, where=(counts > 0)[:, None], casting="unsafe")
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))[:, None]
+    return vectors / np.maximum(norms, np.float32(1e-12))

@@ -1,0 +1,38 @@
+"""What makes a value unusable as text, checked the same way by every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from beam_m2v.errors import InvalidTextError
+
+
+def text_problem(value: object) -> str | None:
+    """Return why ``value`` cannot be embedded as text, or None when it can.
+
+    A valid text is a ``str`` that UTF-8 can encode (so no lone surrogates). Empty and
+    whitespace-only strings are valid: they embed to a zero vector, as in model2vec.
+    """
+    if value is None:
+        return "text is null"
+    if not isinstance(value, str):
+        return f"text is {type(value).__name__}, not str"
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (
+            f"text contains a lone surrogate U+{ord(value[error.start]):04X} at character {error.start}, "
+            "which is not valid Unicode text"
+        )
+    return None
+
+
+def first_invalid_text(texts: Sequence[object]) -> InvalidTextError | None:
+    """Return an error for the first element of ``texts`` that is not valid text, or None."""
+    for index, value in enumerate(texts):
+        problem = text_problem(value)
+        if problem is not None:
+            return InvalidTextError(index, problem)
+    return None

@@ -1,0 +1,103 @@
+"""How text becomes token ids: the tokenizer, configured once and never mutated afterwards.
+
+model2vec switches truncation on one shared tokenizer for every ``encode`` call, which is
+unsafe when threads use different settings. Here each configuration gets its own tokenizer
+copy, configured at construction; encoding only reads it, so any number of threads may
+share one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+def unknown_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id of the tokenizer model's unknown token, found the way model2vec finds it, or None."""
+    model = tokenizer.model
+    if hasattr(model, "unk_token"):
+        token = model.unk_token
+        return None if token is None else tokenizer.token_to_id(token)
+    unk_id = json.loads(tokenizer.to_str())["model"].get("unk_id")
+    return None if unk_id is None else int(unk_id)
+
+
+def median_token_length(tokenizer: Tokenizer) -> int:
+    """``int(median(len(token)))`` over the vocabulary sorted by id, added tokens included (model2vec's rule)."""
+    vocab = tokenizer.get_vocab()
+    lengths = [len(token) for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    return int(np.median(lengths)) if lengths else 1
+
+
+def model2vec_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A private copy of ``tokenizer`` that neither pads nor truncates.
+
+    model2vec truncates with the tokenizer (right side, no special tokens), which keeps the
+    first ``max_length`` ids of each text; ``truncate_ids`` does exactly that on the flat ids,
+    so one untouched tokenizer serves every ``max_length``.
+    """
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
+def seed_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A private copy of ``tokenizer`` as its file configures it, made safe to call on batches.
+
+    The seed encodes one text at a time, so batch-longest padding never pads there; it is
+    switched off here so that batching gives the same ids. Fixed-length padding is kept.
+    """
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    padding = copy.padding
+    if padding is not None and padding.get("length") is None:
+        copy.no_padding()
+    return copy
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Token ids of a batch of texts, flat: text ``i`` owns ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of ids of each text."""
+        return np.diff(self.offsets)
+
+
+def flatten_ids(id_lists: list[list[int]]) -> TokenIds:
+    """Pack per-text id lists into one flat int64 array with offsets."""
+    lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), dtype=np.int64)
+    position = 0
+    for id_list in id_lists:
+        end = position + len(id_list)
+        flat[position:end] = id_list
+        position = end
+    return TokenIds(flat, offsets)
+
+
+def truncate_ids(token_ids: TokenIds, max_length: int) -> TokenIds:
+    """Keep at most the first ``max_length`` ids of each text."""
+    lengths = token_ids.lengths
+    if lengths.size == 0 or int(lengths.max()) <= max_length:
+        return token_ids
+    position = np.arange(token_ids.ids.size, dtype=np.int64) - np.repeat(token_ids.offsets[:-1], lengths)
+    return keep_ids(token_ids, position < max_length)
+
+
+def keep_ids(token_ids: TokenIds, keep: np.ndarray) -> TokenIds:
+    """Drop the ids where the boolean mask ``keep`` is False, keeping each text's remaining ids in order."""
+    if keep.all():
+        return token_ids
+    kept_before = np.zeros(keep.size + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    return TokenIds(token_ids.ids[keep], kept_before[token_ids.offsets])
