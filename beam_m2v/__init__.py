@@ -8,10 +8,37 @@ from beam_m2v.loading import load_model
 
 __version__ = "0.1.0"
 
+_BEAM_NAMES = {
+    "EmbedResult",
+    "EmbedTables",
+    "EmbedText",
+    "FailedElement",
+    "Model2VecEmbeddings",
+    "Model2VecModelHandler",
+    "ModelSpec",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the Beam layer lazily, so that ``import beam_m2v`` for encoding stays light."""
+    if name in _BEAM_NAMES:
+        from beam_m2v import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'beam_m2v' has no attribute {name!r}")
+
+
 __all__ = [
+    "EmbedResult",
+    "EmbedTables",
+    "EmbedText",
     "EncodingSettings",
+    "FailedElement",
     "InvalidTextError",
+    "Model2VecEmbeddings",
+    "Model2VecModelHandler",
     "ModelLoadError",
+    "ModelSpec",
     "Semantics",
     "StaticEmbedder",
     "__version__",

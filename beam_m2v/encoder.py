@@ -102,14 +102,14 @@ class StaticEmbedder:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """This embedder's own configured tokenizer (do not mutate it)."""
+        """The embedder's own configured tokenizer (do not mutate it)."""
         return self._tokenizer
 
     def with_settings(
         self,
         *,
         normalize: bool | None = None,
-        max_length: int | None | object = ...,
+        max_length: int | object | None = ...,
         dimensionality: int | None = None,
     ) -> StaticEmbedder:
         """Another embedder on the same shared matrix with some settings changed."""
@@ -121,9 +121,7 @@ class StaticEmbedder:
         matrix = self.matrix
         if dimensionality is not None:
             matrix = matrix.truncated(dimensionality)
-        return StaticEmbedder(
-            matrix, self._raw_tokenizer, settings, files=self.files
-        )
+        return StaticEmbedder(matrix, self._raw_tokenizer, settings, files=self.files)
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -136,7 +134,7 @@ class StaticEmbedder:
             encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         except (TypeError, UnicodeEncodeError, ValueError) as error:
             invalid = first_invalid_text(texts)
-            raise invalid if invalid is not None else error
+            raise (invalid if invalid is not None else error) from None
         token_ids = flatten_ids([encoding.ids for encoding in encodings])
         if self.settings.semantics is Semantics.SEED:
             return keep_ids(token_ids, token_ids.ids < self.matrix.rows)

@@ -28,6 +28,10 @@ class _Unset:
     def __repr__(self) -> str:
         return "<model's own>"
 
+    def __reduce__(self) -> str:
+        """Pickle as the module-level singleton, so ``is MODEL_DEFAULT`` survives pickling."""
+        return "MODEL_DEFAULT"
+
 
 MODEL_DEFAULT: Any = _Unset()
 """Default of ``load_model(max_length=...)``: the model config's value (512 when absent)."""
@@ -60,20 +64,27 @@ def load_model(
         semantics: ``"model2vec"`` (default for model2vec and Sentence Transformers folders) or
             ``"seed"`` (default for the raw format): which reference the vectors reproduce.
         dim: number of columns of a raw ``vocab_matrix.bin`` (the seed's default, 256).
-        revision, token, cache_dir: for the hub, as in ``huggingface_hub.snapshot_download``;
-            ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are honoured.
+        revision: hub revision (branch, tag or commit), as in ``huggingface_hub.snapshot_download``.
+        token: hub access token for private models.
+        cache_dir: hub cache folder; by default huggingface_hub's, honouring ``HF_HOME``,
+            ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``.
 
     Raises:
         ModelLoadError: naming the file and the problem when the model is missing or damaged.
+
     """
     files = resolve_model_files(
-        os.fspath(source), tokenizer=tokenizer, hub=HubOptions(revision=revision, token=token, cache_dir=cache_dir)
+        os.fspath(source),
+        tokenizer=tokenizer,
+        hub=HubOptions(revision=revision, token=token, cache_dir=cache_dir),
     )
     config = _read_config(files)
     hf_tokenizer = _read_tokenizer(files.tokenizer)
     matrix = _read_matrix(files, dim)
-    chosen = Semantics(semantics) if semantics is not None else (
-        Semantics.SEED if files.layout is Layout.RAW else Semantics.MODEL2VEC
+    chosen = (
+        Semantics(semantics)
+        if semantics is not None
+        else (Semantics.SEED if files.layout is Layout.RAW else Semantics.MODEL2VEC)
     )
     _check_rows(files, matrix, hf_tokenizer, chosen)
     if dimensionality is not None:
@@ -127,7 +138,9 @@ def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
     if embeddings is None:
         raise ModelLoadError(files.matrix, f"no tensor {files.tensor_name!r}; tensors found: {sorted(tensors)}")
     if embeddings.ndim != 2 or embeddings.shape[1] == 0:
-        raise ModelLoadError(files.matrix, f"tensor {files.tensor_name!r} has shape {embeddings.shape}, not (vocab, dim)")
+        raise ModelLoadError(
+            files.matrix, f"tensor {files.tensor_name!r} has shape {embeddings.shape}, not (vocab, dim)"
+        )
     if embeddings.dtype not in _FLOAT_KINDS:
         raise ModelLoadError(files.matrix, f"embeddings dtype {embeddings.dtype} is not float16/32/64 or int8")
     mapping, weights = tensors.get("mapping"), tensors.get("weights")
@@ -136,7 +149,8 @@ def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
             raise ModelLoadError(files.matrix, f"tensor 'mapping' must be a 1-d integer vector, got {mapping.dtype}")
         if mapping.size and int(mapping.max()) >= embeddings.shape[0]:
             raise ModelLoadError(
-                files.matrix, f"tensor 'mapping' points at row {int(mapping.max())}, the matrix has {embeddings.shape[0]}"
+                files.matrix,
+                f"tensor 'mapping' points at row {int(mapping.max())}, the matrix has {embeddings.shape[0]}",
             )
         mapping = np.asarray(mapping, dtype=np.int64)
     if weights is not None and (weights.ndim != 1 or weights.dtype.kind != "f"):
@@ -149,7 +163,9 @@ def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenize
     vocab = tokenizer.get_vocab()
     needed = max(vocab.values()) + 1 if vocab else 0
     if matrix.weights is not None and matrix.weights.shape[0] < matrix.rows:
-        raise ModelLoadError(files.matrix, f"tensor 'weights' has {matrix.weights.shape[0]} entries for {matrix.rows} ids")
+        raise ModelLoadError(
+            files.matrix, f"tensor 'weights' has {matrix.weights.shape[0]} entries for {matrix.rows} ids"
+        )
     if matrix.rows >= needed:
         return
     problem = f"matrix has {matrix.rows} rows but the tokenizer {files.tokenizer} has ids up to {needed - 1}"

@@ -46,7 +46,8 @@ def map_safetensors(path: str) -> dict[str, np.ndarray]:
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(_MAX_HEADER_BYTES, file_size - 8):
                 raise ModelLoadError(
-                    path, f"truncated or corrupt safetensors file: header says {header_len} bytes, file has {file_size}"
+                    path,
+                    f"truncated or corrupt safetensors file: header says {header_len} bytes, file has {file_size}",
                 )
             header_bytes = handle.read(header_len)
     except FileNotFoundError:
@@ -81,13 +82,15 @@ def _map_tensor(path: str, name: str, info: Any, data_start: int, data_size: int
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if end - begin != expected or begin < 0:
         raise ModelLoadError(
-            path, f"inconsistent safetensors: tensor {name!r} of shape {shape} {dtype_code} needs {expected} "
-            f"bytes, header gives {end - begin}"
+            path,
+            f"inconsistent safetensors: tensor {name!r} of shape {shape} {dtype_code} needs {expected} "
+            f"bytes, header gives {end - begin}",
         )
     if end > data_size:
         raise ModelLoadError(
-            path, f"truncated safetensors file: tensor {name!r} ends at byte {data_start + end}, "
-            f"file has {data_start + data_size}"
+            path,
+            f"truncated safetensors file: tensor {name!r} ends at byte {data_start + end}, "
+            f"file has {data_start + data_size}",
         )
     if expected == 0:
         return np.zeros(shape, dtype=dtype)
@@ -108,6 +111,7 @@ def map_raw_matrix(path: str, dim: int) -> np.ndarray:
         raise ModelLoadError(path, f"matrix file has {size} bytes, not a multiple of 4 (float32)")
     if (size // 4) % dim:
         raise ModelLoadError(
-            path, f"matrix file has {size // 4} float32 values ({size} bytes), not a multiple of dimension {dim}"
+            path,
+            f"matrix file has {size // 4} float32 values ({size} bytes), not a multiple of dimension {dim}",
         )
     return np.memmap(path, dtype=np.dtype("<f4"), mode="r", shape=(size // 4 // dim, dim))

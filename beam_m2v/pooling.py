@@ -9,10 +9,12 @@ cast back to the matrix's output dtype, and normalised in float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from beam_m2v.tokenization import TokenIds
+
 
 @dataclass(frozen=True)
 class VocabularyMatrix:
@@ -58,7 +60,7 @@ class VocabularyMatrix:
         return rows
 
 
-def _accumulator(dtype: np.dtype[np.generic]) -> np.dtype[np.floating]:
+def _accumulator(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """The dtype numpy's ``mean`` accumulates ``dtype`` values in."""
     if dtype.kind in "iub":
         return np.dtype(np.float64)
@@ -114,4 +116,5 @@ def seed_pool(matrix: VocabularyMatrix, token_ids: TokenIds) -> np.ndarray:
     vectors = np.zeros(sums.shape, dtype=np.float32)
     np.divide(sums, counts[:, None].astype(np.float32), out=vectors, where=(counts > 0)[:, None], casting="unsafe")
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))[:, None]
-    return vectors / np.maximum(norms, np.float32(1e-12))
+    normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized

@@ -98,13 +98,16 @@ def find_layout(folder: str, source: str, revision: str | None = None) -> ModelF
     if os.path.isfile(safetensors):
         for name in (TOKENIZER_NAME, "config.json"):
             if not os.path.isfile(os.path.join(folder, name)):
-                raise ModelLoadError(os.path.join(folder, name), "missing: a model2vec folder needs it beside "
-                                     "model.safetensors")
+                raise ModelLoadError(
+                    os.path.join(folder, name),
+                    "missing: a model2vec folder needs it beside model.safetensors",
+                )
     present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     raise ModelLoadError(
-        folder, "no model found: expected model.safetensors + tokenizer.json + config.json (model2vec), "
+        folder,
+        "no model found: expected model.safetensors + tokenizer.json + config.json (model2vec), "
         "a Sentence Transformers static layout, or vocab_matrix.bin + tokenizer.json; "
-        f"the folder holds {present}"
+        f"the folder holds {present}",
     )
 
 
@@ -161,8 +164,10 @@ def _split_hub_path(path: str) -> tuple[str, str]:
 def _resolve_hub(source: str, tokenizer: str | None, hub: HubOptions) -> ModelFiles:
     """Fetch (or find in the cache) a model from the Hugging Face hub."""
     if "://" in source and not source.startswith(HUB_PREFIX):
-        raise ModelLoadError(source, "remote model URLs other than hf:// are read through FileSystems; "
-                             "this source was not found")
+        raise ModelLoadError(
+            source,
+            "remote model URLs other than hf:// are read through FileSystems; this source was not found",
+        )
     repo_id, path_in_repo = _split_hub_path(source.removeprefix(HUB_PREFIX))
     if path_in_repo:
         matrix = _hub_file(repo_id, path_in_repo, hub)

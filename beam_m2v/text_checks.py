@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from beam_m2v.errors import InvalidTextError
 
 
-def text_problem(value: object) -> str | None:
+class TextProblem(NamedTuple):
+    """Why a value is not embeddable text: a short ``kind`` (for dead letters) and a readable ``reason``."""
+
+    kind: str
+    reason: str
+
+
+def find_text_problem(value: object) -> TextProblem | None:
     """Return why ``value`` cannot be embedded as text, or None when it can.
 
     A valid text is a ``str`` that UTF-8 can encode (so no lone surrogates). Empty and
     whitespace-only strings are valid: they embed to a zero vector, as in model2vec.
     """
     if value is None:
-        return "text is null"
+        return TextProblem("NullText", "text is null")
     if not isinstance(value, str):
-        return f"text is {type(value).__name__}, not str"
+        return TextProblem("NotAString", f"text is {type(value).__name__}, not str")
     if value.isascii():
         return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
-        return (
+        return TextProblem(
+            "InvalidUnicode",
             f"text contains a lone surrogate U+{ord(value[error.start]):04X} at character {error.start}, "
-            "which is not valid Unicode text"
+            "which is not valid Unicode text",
         )
     return None
+
+
+def text_problem(value: object) -> str | None:
+    """The readable reason ``value`` cannot be embedded as text, or None when it can."""
+    problem = find_text_problem(value)
+    return None if problem is None else problem.reason
 
 
 def first_invalid_text(texts: Sequence[object]) -> InvalidTextError | None:

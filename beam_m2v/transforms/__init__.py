@@ -1,0 +1,21 @@
+"""The Beam layer: transforms, a RunInference handler and an MLTransform provider over ``load_model``."""
+
+from __future__ import annotations
+
+from beam_m2v.transforms.dead_letters import FailedElement
+from beam_m2v.transforms.embed_tables import EmbedTables
+from beam_m2v.transforms.embed_text import EmbedResult, EmbedText
+from beam_m2v.transforms.inference import Model2VecModelHandler
+from beam_m2v.transforms.ml_transform import Model2VecEmbeddings
+from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+
+__all__ = [
+    "EmbedResult",
+    "EmbedTables",
+    "EmbedText",
+    "FailedElement",
+    "Model2VecEmbeddings",
+    "Model2VecModelHandler",
+    "ModelSpec",
+    "acquire_model",
+]

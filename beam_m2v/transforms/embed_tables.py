@@ -1,0 +1,152 @@
+"""``EmbedTables``: the Arrow fast path, one encoder call per table.
+
+Takes a PCollection of ``pyarrow.Table`` or ``RecordBatch`` (what ``ReadFromParquetBatched``
+yields) and returns tables with a ``fixed_size_list<float32>[dim]`` column added. Rows whose
+text is null, not a string, or not valid UTF-8 leave the table and go to the dead-letter
+output as ``FailedElement``s holding the row as a dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.pvalue import PCollection
+
+from beam_m2v.encoder import StaticEmbedder
+from beam_m2v.loading import MODEL_DEFAULT
+from beam_m2v.text_checks import TextProblem
+from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
+from beam_m2v.transforms.embed_text import EmbedResult
+from beam_m2v.transforms.metrics import EmbeddingMetrics
+from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+
+
+def _row_problems(column: pa.Array) -> dict[int, TextProblem]:
+    """Why each unusable row of a text column cannot be embedded (row index -> problem)."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        wrong_type = TextProblem("NotAString", f"text column has type {column.type}, not string")
+        return dict.fromkeys(range(len(column)), wrong_type)
+    null = TextProblem("NullText", "text is null")
+    problems = {int(row): null for row in np.flatnonzero(~column.is_valid().to_numpy(zero_copy_only=False))}
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        for row, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            if raw is not None:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    problems[row] = TextProblem("InvalidUnicode", f"text is not valid UTF-8: {error}")
+    return problems
+
+
+def _row_as_dict(table: pa.Table, row: int) -> dict[str, Any]:
+    """One row as a dict; text that is not valid UTF-8 is kept as its bytes."""
+    try:
+        return dict(table.slice(row, 1).to_pylist()[0])
+    except UnicodeDecodeError:
+        cells = {}
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            value = column[row]
+            if pa.types.is_string(value.type) or pa.types.is_large_string(value.type):
+                value = value.cast(pa.large_binary())
+            cells[name] = value.as_py()
+        return cells
+
+
+class EmbedTablesDoFn(beam.DoFn):
+    """Embeds the text column of each table in one call."""
+
+    def __init__(self, spec: ModelSpec, text_column: str, output_column: str) -> None:
+        self._spec = spec
+        self._text_column = text_column
+        self._output_column = output_column
+        self._model: StaticEmbedder | None = None
+
+    def setup(self) -> None:
+        """Obtain the process-wide model."""
+        self._metrics = EmbeddingMetrics()
+        acquired = acquire_model(self._spec)
+        self._metrics.record_load(acquired.loaded_now, acquired.load_seconds)
+        self._model = acquired.model
+
+    def process(self, table: pa.Table | pa.RecordBatch) -> Iterator[Any]:
+        """Embed one table; yield it with the vector column, and dead letters for unusable rows."""
+        assert self._model is not None, "setup() was not called"
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if self._text_column not in table.column_names:
+            reason = f"missing column {self._text_column!r}; columns: {table.column_names}"
+            for row in range(len(table)):
+                self._metrics.failures.inc()
+                yield beam.pvalue.TaggedOutput(
+                    FAILED_TAG, FailedElement(_row_as_dict(table, row), "MissingField", reason)
+                )
+            return
+        column = table.column(self._text_column).combine_chunks()
+        problems = _row_problems(column)
+        if problems:
+            keep = np.ones(len(table), dtype=bool)
+            keep[list(problems)] = False
+            for row, problem in sorted(problems.items()):
+                self._metrics.failures.inc()
+                yield beam.pvalue.TaggedOutput(
+                    FAILED_TAG, FailedElement(_row_as_dict(table, row), problem.kind, problem.reason)
+                )
+            table = table.filter(pa.array(keep))
+            column = table.column(self._text_column).combine_chunks()
+        if len(table) == 0:
+            return
+        vectors, tokens = self._model.encode_arrow_with_stats(column)
+        self._metrics.record_batch(vectors.values.to_numpy().reshape(len(table), -1), tokens)
+        yield table.append_column(self._output_column, vectors)
+
+
+class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
+    """Add a ``fixed_size_list<float32>[dim]`` column of vectors to each Arrow table of a PCollection.
+
+    Returns ``EmbedResult(embedded, failed)``; ``embedded`` holds ``pyarrow.Table``s (one per
+    input table, minus the failed rows), ``failed`` one ``FailedElement`` per unusable row.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec | str | os.PathLike[str],
+        *,
+        text_column: str = "text",
+        output_column: str = "embedding",
+        dimensionality: int | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = MODEL_DEFAULT,
+        semantics: str | None = None,
+        tokenizer: str | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = ModelSpec.of(
+            model,
+            tokenizer=tokenizer,
+            dimensionality=dimensionality,
+            normalize=normalize,
+            max_length=max_length,
+            semantics=semantics,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+        )
+        self.text_column = text_column
+        self.output_column = output_column
+
+    def expand(self, pcoll: PCollection[Any]) -> EmbedResult:
+        """Embed every table."""
+        outputs = pcoll | "EmbedTables" >> beam.ParDo(
+            EmbedTablesDoFn(self.spec, self.text_column, self.output_column)
+        ).with_outputs(FAILED_TAG, main=EMBEDDED_TAG)
+        return EmbedResult(outputs[EMBEDDED_TAG], outputs[FAILED_TAG])

@@ -1,0 +1,103 @@
+"""One loaded model per worker process, shared by every DoFn instance and thread.
+
+A pipeline carries only a small ``ModelSpec`` (what to load and how); each worker process
+resolves it once, on first use, into a memory-mapped ``StaticEmbedder``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any
+
+from beam_m2v.encoder import Semantics, StaticEmbedder
+from beam_m2v.loading import MODEL_DEFAULT, load_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load, as ``load_model`` takes it: small, hashable and cheap to pickle."""
+
+    source: str
+    tokenizer: str | None = None
+    dimensionality: int | None = None
+    normalize: bool | None = None
+    max_length: Any = MODEL_DEFAULT
+    semantics: str | None = None
+    dim: int = 256
+    revision: str | None = None
+    token: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelSpec | str | os.PathLike[str],
+        *,
+        tokenizer: str | None = None,
+        dimensionality: int | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = MODEL_DEFAULT,
+        semantics: Semantics | str | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+        cache_dir: str | None = None,
+    ) -> ModelSpec:
+        """A spec from a source (or another spec); each option given (not None) overrides the spec's."""
+        base = model if isinstance(model, ModelSpec) else cls(source=os.fspath(model))
+        options: dict[str, Any] = {
+            "tokenizer": tokenizer,
+            "dimensionality": dimensionality,
+            "normalize": normalize,
+            "semantics": Semantics(semantics).value if semantics is not None else None,
+            "revision": revision,
+            "token": token,
+            "cache_dir": cache_dir,
+        }
+        overrides = {key: value for key, value in options.items() if value is not None}
+        if max_length is not MODEL_DEFAULT:
+            overrides["max_length"] = max_length
+        return replace(base, **overrides)
+
+    def load(self) -> StaticEmbedder:
+        """Load the model this spec names (in this process, uncached)."""
+        return load_model(
+            self.source,
+            tokenizer=self.tokenizer,
+            dimensionality=self.dimensionality,
+            normalize=self.normalize,
+            max_length=self.max_length,
+            semantics=self.semantics,
+            dim=self.dim,
+            revision=self.revision,
+            token=self.token,
+            cache_dir=self.cache_dir,
+        )
+
+
+@dataclass(frozen=True)
+class AcquiredModel:
+    """A model from the process cache, and whether this call loaded it (and how long that took)."""
+
+    model: StaticEmbedder
+    loaded_now: bool
+    load_seconds: float
+
+
+_models: weakref.WeakValueDictionary[ModelSpec, StaticEmbedder] = weakref.WeakValueDictionary()
+_lock = threading.Lock()
+
+
+def acquire_model(spec: ModelSpec) -> AcquiredModel:
+    """The process-wide model for ``spec``: loaded on first use, then shared while anyone holds it."""
+    with _lock:
+        model = _models.get(spec)
+        if model is not None:
+            return AcquiredModel(model, loaded_now=False, load_seconds=0.0)
+        started = time.perf_counter()
+        model = spec.load()
+        _models[spec] = model
+        return AcquiredModel(model, loaded_now=True, load_seconds=time.perf_counter() - started)
