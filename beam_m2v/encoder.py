@@ -120,6 +120,8 @@ class StaticEmbedder:
             settings = replace(settings, max_length=max_length)  # type: ignore[arg-type]
         matrix = self.matrix
         if dimensionality is not None:
+            if not 0 < dimensionality <= matrix.dim:
+                raise ValueError(f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
             matrix = matrix.truncated(dimensionality)
         return StaticEmbedder(matrix, self._raw_tokenizer, settings, files=self.files)
 
@@ -129,7 +131,7 @@ class StaticEmbedder:
         """The ids each text contributes to its vector, after every rule of the semantics."""
         if self._char_limit is not None:
             limit = self._char_limit
-            texts = [text[:limit] if len(text) > limit else text for text in texts]
+            texts = [text[:limit] if isinstance(text, str) and len(text) > limit else text for text in texts]
         try:
             encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         except (TypeError, UnicodeEncodeError, ValueError) as error:

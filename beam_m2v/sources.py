@@ -8,11 +8,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import re
 from dataclasses import dataclass, replace
 
 from beam_m2v.errors import ModelLoadError
 
 HUB_PREFIX = "hf://"
+#: What a bare Hugging Face hub model id looks like: ``name`` or ``owner/name``.
+HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
 RAW_MATRIX_NAME = "vocab_matrix.bin"
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -163,11 +166,11 @@ def _split_hub_path(path: str) -> tuple[str, str]:
 
 def _resolve_hub(source: str, tokenizer: str | None, hub: HubOptions) -> ModelFiles:
     """Fetch (or find in the cache) a model from the Hugging Face hub."""
-    if "://" in source and not source.startswith(HUB_PREFIX):
-        raise ModelLoadError(
-            source,
-            "remote model URLs other than hf:// are read through FileSystems; this source was not found",
-        )
+    if not source.startswith(HUB_PREFIX):
+        if "://" in source:
+            raise ModelLoadError(source, "no such model: this URL scheme is not supported here")
+        if not HUB_ID.fullmatch(source):
+            raise ModelLoadError(source, "no such file or folder (and not a Hugging Face hub id like owner/name)")
     repo_id, path_in_repo = _split_hub_path(source.removeprefix(HUB_PREFIX))
     if path_in_repo:
         matrix = _hub_file(repo_id, path_in_repo, hub)

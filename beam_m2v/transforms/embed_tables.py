@@ -17,13 +17,12 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.pvalue import PCollection
 
-from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.loading import MODEL_DEFAULT
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.embed_text import EmbedResult
-from beam_m2v.transforms.metrics import EmbeddingMetrics
-from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 
 def _row_problems(column: pa.Array) -> dict[int, TextProblem]:
@@ -59,31 +58,23 @@ def _row_as_dict(table: pa.Table, row: int) -> dict[str, Any]:
         return cells
 
 
-class EmbedTablesDoFn(beam.DoFn):
+class EmbedTablesDoFn(SharedModelDoFn):
     """Embeds the text column of each table in one call."""
 
     def __init__(self, spec: ModelSpec, text_column: str, output_column: str) -> None:
-        self._spec = spec
+        super().__init__(spec)
         self._text_column = text_column
         self._output_column = output_column
-        self._model: StaticEmbedder | None = None
-
-    def setup(self) -> None:
-        """Obtain the process-wide model."""
-        self._metrics = EmbeddingMetrics()
-        acquired = acquire_model(self._spec)
-        self._metrics.record_load(acquired.loaded_now, acquired.load_seconds)
-        self._model = acquired.model
 
     def process(self, table: pa.Table | pa.RecordBatch) -> Iterator[Any]:
         """Embed one table; yield it with the vector column, and dead letters for unusable rows."""
-        assert self._model is not None, "setup() was not called"
+        model = self.shared_model()
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if self._text_column not in table.column_names:
             reason = f"missing column {self._text_column!r}; columns: {table.column_names}"
             for row in range(len(table)):
-                self._metrics.failures.inc()
+                self.metrics.failures.inc()
                 yield beam.pvalue.TaggedOutput(
                     FAILED_TAG, FailedElement(_row_as_dict(table, row), "MissingField", reason)
                 )
@@ -94,7 +85,7 @@ class EmbedTablesDoFn(beam.DoFn):
             keep = np.ones(len(table), dtype=bool)
             keep[list(problems)] = False
             for row, problem in sorted(problems.items()):
-                self._metrics.failures.inc()
+                self.metrics.failures.inc()
                 yield beam.pvalue.TaggedOutput(
                     FAILED_TAG, FailedElement(_row_as_dict(table, row), problem.kind, problem.reason)
                 )
@@ -102,8 +93,8 @@ class EmbedTablesDoFn(beam.DoFn):
             column = table.column(self._text_column).combine_chunks()
         if len(table) == 0:
             return
-        vectors, tokens = self._model.encode_arrow_with_stats(column)
-        self._metrics.record_batch(vectors.values.to_numpy().reshape(len(table), -1), tokens)
+        vectors, tokens = model.encode_arrow_with_stats(column)
+        self.metrics.record_batch(vectors.values.to_numpy().reshape(len(table), -1), tokens)
         yield table.append_column(self._output_column, vectors)
 
 

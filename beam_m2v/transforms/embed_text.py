@@ -16,8 +16,8 @@ from beam_m2v.loading import MODEL_DEFAULT
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.elements import ElementAccess, OutputFormat
-from beam_m2v.transforms.metrics import EmbeddingMetrics
-from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -71,44 +71,36 @@ def _encode_one_by_one(
     return full, tokens, rejected
 
 
-class EmbedBatchesDoFn(beam.DoFn):
+class EmbedBatchesDoFn(SharedModelDoFn):
     """Embeds lists of elements with a model loaded once per worker process."""
 
     def __init__(self, spec: ModelSpec, access: ElementAccess) -> None:
-        self._spec = spec
+        super().__init__(spec)
         self._access = access
-        self._model: StaticEmbedder | None = None
-
-    def setup(self) -> None:
-        """Obtain the process-wide model (loading it if this process has not yet)."""
-        self._metrics = EmbeddingMetrics()
-        acquired = acquire_model(self._spec)
-        self._metrics.record_load(acquired.loaded_now, acquired.load_seconds)
-        self._model = acquired.model
 
     def process(self, batch: Sequence[Any]) -> Iterator[Any]:
         """Embed one batch; yield embedded elements and tagged dead letters."""
-        assert self._model is not None, "setup() was not called"
+        model = self.shared_model()
         texts: list[str] = []
         positions: list[int] = []
         for position, element in enumerate(batch):
             text = self._access.text_of(element)
             if isinstance(text, TextProblem):
-                self._metrics.failures.inc()
+                self.metrics.failures.inc()
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, FailedElement(element, text.kind, text.reason))
                 continue
             texts.append(text)
             positions.append(position)
         if not texts:
             return
-        vectors, tokens, rejected = encode_isolating_failures(self._model, texts)
+        vectors, tokens, rejected = encode_isolating_failures(model, texts)
         for index, error in rejected.items():
-            self._metrics.failures.inc()
+            self.metrics.failures.inc()
             yield beam.pvalue.TaggedOutput(
                 FAILED_TAG, FailedElement(batch[positions[index]], type(error).__name__, str(error))
             )
         kept = [index for index in range(len(texts)) if index not in rejected]
-        self._metrics.record_batch(vectors[kept], tokens)
+        self.metrics.record_batch(vectors[kept], tokens)
         for index in kept:
             yield self._access.with_vector(batch[positions[index]], texts[index], vectors[index])
 

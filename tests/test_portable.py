@@ -1,0 +1,80 @@
+"""EmbedText on PortableRunner: pickled DoFns in separate SDK worker processes, as on Flink or Dataflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+from apache_beam.testing.util import assert_that
+
+import beam_m2v
+from tests.beam_helpers import counter, private_model_copy, vectors_match
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def worker_pool():
+    """A Beam Python worker pool on loopback: each SDK worker it starts is a separate process."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # The pool starts each SDK worker as `python -c ...`: it must be this interpreter.
+        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("worker pool did not start")
+    yield f"localhost:{port}"
+    process.kill()
+    process.wait()
+
+
+def portable_pipeline(worker_pool: str, *extra: str) -> beam.Pipeline:
+    return beam.Pipeline(
+        options=PipelineOptions(
+            [
+                "--runner=PortableRunner",
+                "--job_endpoint=embed",
+                "--environment_type=EXTERNAL",
+                f"--environment_config={worker_pool}",
+                *extra,
+            ]
+        )
+    )
+
+
+def test_portable_runner_with_external_workers(worker_pool, model_64_path, corpus_texts, tmp_path):
+    model_path = private_model_copy(model_64_path, tmp_path)
+    texts = corpus_texts[:1500]
+    expected = dict(zip(texts, beam_m2v.load_model(model_path).encode(texts), strict=True))
+    p = portable_pipeline(worker_pool, "--sdk_worker_parallelism=1")
+    embedded, failed = (
+        p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=50, min_batch_size=50)
+    )
+    assert_that(embedded, vectors_match(expected))
+    result = p.run()
+    assert result.wait_until_finish(duration=300_000) == PipelineState.DONE
+    loads = counter(result, "model_loads")
+    assert 1 <= loads <= 2, loads  # once per SDK worker process, never per bundle (30 batches)
+    assert counter(result, "texts_embedded") == len(texts)
