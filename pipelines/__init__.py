@@ -1,0 +1,1 @@
+"""Runnable beam-m2v pipelines: ``python -m pipelines.embed`` and ``python -m pipelines.reembed``."""

@@ -1,0 +1,263 @@
+"""``python -m pipelines.embed``: embed a Parquet or JSONL corpus into Parquet vector shards.
+
+Example::
+
+    python -m pipelines.embed --input 'corpus/*.parquet' --output vectors/ --model minishlab/potion-base-8M
+
+Every Beam pipeline option passes through (``--runner``, ``--direct_num_workers``, Dataflow
+and Flink options); without ``--runner`` the pipeline runs locally on Beam's FnApiRunner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.io.textio import WriteToText
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import beam_m2v
+from beam_m2v.encoder import StaticEmbedder
+from beam_m2v.errors import ModelLoadError
+from beam_m2v.transforms.dead_letters import FAILED_TAG
+from beam_m2v.transforms.metrics import NAMESPACE
+from beam_m2v.transforms.model_cache import ModelSpec
+from pipelines.inputs import (
+    InputError,
+    InputSpec,
+    ListRowGroups,
+    ReadJsonLines,
+    ReadRowGroup,
+    detect_format,
+    jsonl_schema,
+    match_files,
+    parquet_schema,
+)
+from pipelines.outputs import (
+    EMBEDDING_COLUMN,
+    RunFolders,
+    count_output_rows,
+    dead_letter_json,
+    discard,
+    output_schema,
+    publish,
+    to_output_table,
+    write_manifest,
+)
+from pipelines.progress import ReportProgress
+
+logger = logging.getLogger("beam_m2v.embed")
+
+DEFAULT_MODEL = "minishlab/potion-base-8M"
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Input and model options shared by ``embed`` and ``reembed``."""
+    parser.add_argument("--input", required=True, help="file pattern of Parquet or JSONL (.jsonl, .jsonl.gz) files")
+    parser.add_argument("--input-format", choices=["parquet", "jsonl"], help="default: from the extension")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
+    parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or hf:// path")
+    parser.add_argument("--tokenizer", help="tokenizer source for a raw vocab_matrix.bin model")
+    parser.add_argument("--semantics", choices=["model2vec", "seed"], help="default: from the model format")
+    parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
+    parser.add_argument("--batch-size", type=int, default=1024, help="texts per tokenizer call")
+    parser.add_argument("--hf-revision", help="hub revision (branch, tag or commit)")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked and resolved before a pipeline starts."""
+
+    input: InputSpec
+    files: list[str]
+    model_spec: ModelSpec
+    model: StaticEmbedder
+    schema: Any
+    model_facts: dict[str, Any]
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Check the input and load the model once in the launcher, so that mistakes fail before any work."""
+    keep = tuple(column for column in args.keep_columns.split(",") if column)
+    spec = InputSpec(
+        pattern=args.input,
+        format=detect_format(args.input, args.input_format),
+        text_column=args.text_column,
+        id_column=args.id_column,
+        keep_columns=keep,
+    )
+    files = match_files(spec.pattern)
+    input_schema = parquet_schema(files, spec) if spec.format == "parquet" else jsonl_schema(files, spec)
+    model_spec = ModelSpec.of(
+        args.model,
+        tokenizer=args.tokenizer,
+        dimensionality=args.dimensionality,
+        semantics=args.semantics,
+        revision=args.hf_revision,
+    )
+    model = model_spec.load()
+    facts = model_facts(model, model_spec)
+    schema = output_schema(input_schema, spec.id_column, keep, model.dim, facts)
+    return Prepared(spec, files, model_spec, model, (input_schema, schema), facts)
+
+
+def model_facts(model: StaticEmbedder, spec: ModelSpec) -> dict[str, Any]:
+    """What identifies the vectors: model source, revision, content, settings and versions."""
+    return {
+        "model_source": spec.source,
+        "model_revision": spec.revision,
+        "model_fingerprint": model.fingerprint,
+        "dim": model.dim,
+        "normalize": model.settings.normalize,
+        "max_length": model.settings.max_length,
+        "semantics": model.settings.semantics.value,
+        "beam_m2v_version": beam_m2v.__version__,
+        "apache_beam_version": beam.__version__,
+    }
+
+
+def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFolders) -> None:
+    """Read, embed, and write vectors and dead letters into the staging folder."""
+    spec = prepared.input
+    input_schema, schema = prepared.schema
+    files = pipeline | "Files" >> beam.Create(prepared.files)
+    read_failures = []
+    if spec.format == "parquet":
+        tables = (
+            files
+            | "RowGroups" >> beam.ParDo(ListRowGroups())
+            | "Spread" >> beam.Reshuffle()
+            | "ReadParquet" >> beam.ParDo(ReadRowGroup(spec))
+        )
+    else:
+        parsed = (
+            files
+            | "Spread" >> beam.Reshuffle()
+            | "ReadJsonl" >> beam.ParDo(ReadJsonLines(spec, input_schema)).with_outputs(FAILED_TAG, main="tables")
+        )
+        tables, read_failures = parsed.tables, [parsed[FAILED_TAG]]
+    embedded, failed = tables | "Embed" >> beam_m2v.EmbedTables(
+        prepared.model_spec, text_column=spec.text_column, output_column=EMBEDDING_COLUMN
+    )
+    _ = (
+        embedded
+        | "Progress" >> beam.ParDo(ReportProgress())
+        | "OutputColumns" >> beam.Map(to_output_table, schema)
+        | "WriteVectors"
+        >> WriteToParquetBatched(
+            folders.shard_prefix,
+            schema=schema,
+            codec="zstd",
+            use_compliant_nested_type=True,
+            file_name_suffix=".parquet",
+        )
+    )
+    _ = (
+        (failed, *read_failures)
+        | "AllFailures" >> beam.Flatten()
+        | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
+        | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl")
+    )
+
+
+def counter_total(result: Any, name: str) -> int:
+    """A beam_m2v counter summed over steps."""
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))
+    return int(sum(item.committed or 0 for item in query["counters"]))
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the embed pipeline; returns the published manifest."""
+    parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
+    add_input_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    prepared = prepare(args)
+    folders = RunFolders.new(args.output)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, folders.final)
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        build_pipeline(pipeline, prepared, folders)
+        result = pipeline.run()
+        result.wait_until_finish()
+        manifest = finish_manifest(prepared, folders, result, started)
+    except BaseException:
+        discard(folders)
+        raise
+    publish(folders)
+    logger.info(summary_line(manifest))
+    return manifest
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the remaining arguments; without --runner, Beam's local FnApiRunner."""
+    options = PipelineOptions(list(beam_args))
+    if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
+        options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
+    return options
+
+
+def finish_manifest(prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime) -> dict[str, Any]:
+    """Count what was written, check that every row is accounted for, and write the manifest."""
+    embedded, failed = count_output_rows(folders.staging)
+    rows_read = counter_total(result, "rows_read")
+    if rows_read != embedded + failed:
+        raise RuntimeError(
+            f"row accounting mismatch: read {rows_read} rows but wrote {embedded} vectors and {failed} dead letters"
+        )
+    ended = datetime.datetime.now(datetime.timezone.utc)
+    manifest = {
+        "input": prepared.input.pattern,
+        "input_format": prepared.input.format,
+        "input_files": prepared.files,
+        "rows": {"read": rows_read, "embedded": embedded, "failed": failed},
+        **prepared.model_facts,
+        "started": started.isoformat(),
+        "ended": ended.isoformat(),
+        "seconds": round((ended - started).total_seconds(), 3),
+    }
+    write_manifest(folders.staging, manifest)
+    return manifest
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    """One line: rows read, embedded, failed, time and rate."""
+    rows = manifest["rows"]
+    seconds = manifest["seconds"]
+    return (
+        f"done: {rows['read']:,} rows read, {rows['embedded']:,} embedded, {rows['failed']:,} failed "
+        f"in {seconds:.1f} s ({rows['read'] / max(seconds, 1e-9):,.0f} rows/s)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: clear one-line errors for bad input or models, exit code 2."""
+    configure_logging()
+    try:
+        manifest = run(argv)
+    except (InputError, ModelLoadError) as error:
+        print(f"beam-m2v embed: error: {error}", file=sys.stderr)
+        return 2
+    print(summary_line(manifest))
+    return 0
+
+
+def configure_logging() -> None:
+    """Progress at INFO for beam-m2v, warnings only from Beam."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("beam_m2v").setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
