@@ -23,6 +23,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import PCollection
 
 import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
@@ -30,6 +31,7 @@ from beam_m2v.errors import ModelLoadError
 from beam_m2v.transforms.dead_letters import FAILED_TAG
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec
+from pipelines.content_hash import with_text_hash
 from pipelines.inputs import (
     InputError,
     InputSpec,
@@ -127,10 +129,10 @@ def model_facts(model: StaticEmbedder, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFolders) -> None:
-    """Read, embed, and write vectors and dead letters into the staging folder."""
+def read_corpus(pipeline: beam.Pipeline, prepared: Prepared) -> tuple[PCollection, list[PCollection]]:
+    """Tables of the corpus (with a text_hash column), and the dead letters of unreadable rows."""
     spec = prepared.input
-    input_schema, schema = prepared.schema
+    input_schema, _ = prepared.schema
     files = pipeline | "Files" >> beam.Create(prepared.files)
     read_failures = []
     if spec.format == "parquet":
@@ -138,7 +140,7 @@ def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFold
             files
             | "RowGroups" >> beam.ParDo(ListRowGroups())
             | "Spread" >> beam.Reshuffle()
-            | "ReadParquet" >> beam.ParDo(ReadRowGroup(spec))
+            | "ReadParquet" >> beam.ParDo(ReadRowGroup(spec.columns))
         )
     else:
         parsed = (
@@ -147,9 +149,23 @@ def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFold
             | "ReadJsonl" >> beam.ParDo(ReadJsonLines(spec, input_schema)).with_outputs(FAILED_TAG, main="tables")
         )
         tables, read_failures = parsed.tables, [parsed[FAILED_TAG]]
-    embedded, failed = tables | "Embed" >> beam_m2v.EmbedTables(
-        prepared.model_spec, text_column=spec.text_column, output_column=EMBEDDING_COLUMN
+    return tables | "HashTexts" >> beam.Map(with_text_hash, spec.text_column), read_failures
+
+
+def embed_tables(tables: PCollection, prepared: Prepared, label: str = "Embed") -> tuple[PCollection, PCollection]:
+    """Embedded tables and dead letters."""
+    embedded, failed = tables | label >> beam_m2v.EmbedTables(
+        prepared.model_spec, text_column=prepared.input.text_column, output_column=EMBEDDING_COLUMN
     )
+    return embedded, failed
+
+
+def write_snapshot(
+    embedded: PCollection, failures: Sequence[PCollection], prepared: Prepared, folders: RunFolders
+) -> None:
+    """Write vector tables and dead letters into the staging folder."""
+    spec = prepared.input
+    _, schema = prepared.schema
     _ = (
         embedded
         | "Progress" >> beam.ParDo(ReportProgress())
@@ -164,11 +180,18 @@ def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFold
         )
     )
     _ = (
-        (failed, *read_failures)
+        tuple(failures)
         | "AllFailures" >> beam.Flatten()
         | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
         | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl")
     )
+
+
+def build_pipeline(pipeline: beam.Pipeline, prepared: Prepared, folders: RunFolders) -> None:
+    """Read, embed, and write vectors and dead letters into the staging folder."""
+    tables, read_failures = read_corpus(pipeline, prepared)
+    embedded, failed = embed_tables(tables, prepared)
+    write_snapshot(embedded, [failed, *read_failures], prepared, folders)
 
 
 def counter_total(result: Any, name: str) -> int:

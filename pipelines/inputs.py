@@ -111,20 +111,21 @@ class ListRowGroups(beam.DoFn):  # type: ignore[misc]
 
 
 class ReadRowGroup(beam.DoFn):  # type: ignore[misc]
-    """Read one Parquet row group (only the needed columns) as a table."""
+    """Read one Parquet row group (only ``columns``) as a table, counting its rows in ``counter``."""
 
-    def __init__(self, spec: InputSpec) -> None:
-        self._spec = spec
+    def __init__(self, columns: Sequence[str], counter: str = "rows_read") -> None:
+        self._columns = list(columns)
+        self._counter = counter
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "rows_read")
+        self._rows_read = Metrics.counter("beam_m2v", self._counter)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
         """Read the row group ``item`` names."""
         path, group, first_row = item
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            table = pq.ParquetFile(handle).read_row_group(group, columns=self._spec.columns)
+            table = pq.ParquetFile(handle).read_row_group(group, columns=self._columns)
         self._rows_read.inc(len(table))
         yield with_positions(table, path, np.arange(first_row, first_row + len(table)))
 
@@ -209,7 +210,11 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
                     fitting_lines.append(line_number)
                     continue
                 self._failures.inc()
-                context = {SOURCE_COLUMN: path, POSITION_COLUMN: line_number, "id": preview(row.get(self._spec.id_column))}
+                context = {
+                    SOURCE_COLUMN: path,
+                    POSITION_COLUMN: line_number,
+                    "id": preview(row.get(self._spec.id_column)),
+                }
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, FailedElement(context, "BadValueType", problem))
             rows, line_numbers = fitting, fitting_lines
             if not rows:

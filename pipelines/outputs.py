@@ -3,7 +3,7 @@
 Layout of an output directory::
 
     OUTPUT/
-      part-00000-of-00002.parquet   id, embedding fixed_size_list<float32>[dim], kept columns
+      part-00000-of-00002.parquet   id, embedding fixed_size_list<float32>[dim], text_hash, kept columns
       failed/failed-00000-of-00001.jsonl   one JSON object per row that was not embedded
       manifest.json                 counts, model facts, versions, times
 
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_m2v.transforms.dead_letters import FailedElement, preview
+from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.inputs import POSITION_COLUMN, SOURCE_COLUMN
 
 EMBEDDING_COLUMN = "embedding"
@@ -57,10 +58,15 @@ class RunFolders:
         return os.path.join(self.staging, FAILED_DIR, "failed")
 
 
-def output_schema(input_schema: pa.Schema, id_column: str, keep_columns: tuple[str, ...], dim: int,
-                  model_facts: dict[str, Any]) -> pa.Schema:
+def output_schema(
+    input_schema: pa.Schema, id_column: str, keep_columns: tuple[str, ...], dim: int, model_facts: dict[str, Any]
+) -> pa.Schema:
     """id, embedding and kept columns, with the model facts as Parquet key-value metadata."""
-    fields = [input_schema.field(id_column), pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim))]
+    fields = [
+        input_schema.field(id_column),
+        pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim)),
+        pa.field(HASH_COLUMN, HASH_TYPE),
+    ]
     fields += [input_schema.field(column) for column in keep_columns if column != id_column]
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(model_facts, sort_keys=True).encode()})
 

@@ -1,0 +1,36 @@
+"""The ``beam-m2v`` console command: ``beam-m2v embed ...`` and ``beam-m2v reembed ...``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: beam-m2v {embed,reembed} [options]
+
+  embed     embed a Parquet or JSONL corpus into Parquet vector shards
+  reembed   re-embed a changed corpus, reusing the previous run's vectors
+
+'beam-m2v COMMAND --help' lists a command's options."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the pipeline named by the first argument."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "embed":
+        from pipelines import embed
+
+        return embed.main(rest)
+    if command == "reembed":
+        from pipelines import reembed
+
+        return reembed.main(rest)
+    print(f"beam-m2v: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

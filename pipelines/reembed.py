@@ -1,0 +1,317 @@
+"""``python -m pipelines.reembed``: re-embed a changed corpus, reusing the previous run's vectors.
+
+Each row of a snapshot stores a hash of its text. A re-embedding run reads the current
+corpus and the previous snapshot, joins them by id, embeds only rows that are new or whose
+text changed, copies the vectors of unchanged rows, and drops ids that are gone. When the
+model (fingerprint, dim, normalisation, max_length or semantics) differs from the previous
+run's, every row is re-embedded. Outputs, in ``--output``:
+
+* a complete snapshot, laid out exactly as ``pipelines.embed`` lays it out (the next run's
+  ``--previous``), equal row for row to a full ``embed`` of the current corpus;
+* ``changes/upserts-*.parquet`` (id, embedding) and ``changes/deletes-*.parquet`` (id), to
+  sync a vector store;
+* a manifest counting new, changed, unchanged, deleted and failed rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import logging
+import os
+import sys
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.metrics.metric import Metrics
+
+from beam_m2v.errors import ModelLoadError
+from pipelines.content_hash import HASH_COLUMN
+from pipelines.embed import (
+    Prepared,
+    add_input_arguments,
+    configure_logging,
+    counter_total,
+    embed_tables,
+    pipeline_options,
+    prepare,
+    read_corpus,
+    write_snapshot,
+)
+from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
+from pipelines.outputs import (
+    EMBEDDING_COLUMN,
+    RunFolders,
+    count_output_rows,
+    discard,
+    publish,
+    read_manifest,
+    write_manifest,
+)
+
+logger = logging.getLogger("beam_m2v.reembed")
+
+#: Model facts that must match for a previous vector to be reused.
+MODEL_KEYS = ("model_fingerprint", "dim", "normalize", "max_length", "semantics")
+CHANGES_DIR = "changes"
+BUCKETS = 64
+_CURRENT, _PREVIOUS = "current", "previous"
+_TO_EMBED, _UNCHANGED, _DELETES = "to_embed", "unchanged", "deletes"
+
+
+def bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:
+    """A stable bucket per id (the same id lands in the same bucket in every process)."""
+    if pa.types.is_integer(ids.type):
+        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64) % buckets
+    return np.fromiter((zlib.crc32(repr(value).encode()) % buckets for value in ids.to_pylist()), np.int64, len(ids))
+
+
+class SplitByBucket(beam.DoFn):  # type: ignore[misc]
+    """Cut a table into per-bucket slices keyed by bucket, tagged with where they come from."""
+
+    def __init__(self, id_column: str, side: str, buckets: int = BUCKETS) -> None:
+        self._id_column = id_column
+        self._side = side
+        self._buckets = buckets
+
+    def process(self, table: pa.Table) -> Iterator[tuple[int, tuple[str, pa.Table]]]:
+        """Yield ``(bucket, (side, slice))`` for every bucket present in the table."""
+        buckets = bucket_of(table.column(self._id_column).combine_chunks(), self._buckets)
+        order = np.argsort(buckets, kind="stable")
+        sorted_buckets = buckets[order]
+        bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
+        for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(table)], strict=True):
+            if end > start:
+                # take() builds compact buffers: a slice would pickle its parent's whole buffers.
+                part = table.take(pa.array(order[start:end]))
+                yield int(sorted_buckets[start]), (self._side, part)
+
+
+class JoinBucket(beam.DoFn):  # type: ignore[misc]
+    """Decide, for one bucket of ids, what to embed, what to copy and what to delete."""
+
+    def __init__(self, id_column: str, reuse_vectors: bool) -> None:
+        self._id_column = id_column
+        self._reuse = reuse_vectors
+
+    def setup(self) -> None:
+        """Create the metrics."""
+        self._counters = {
+            name: Metrics.counter("beam_m2v", f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")
+        }
+
+    def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
+        """Join the current and previous rows of one bucket by id."""
+        _, parts = item
+        current = _concat([t for side, t in parts if side == _CURRENT])
+        previous = _concat([t for side, t in parts if side == _PREVIOUS])
+        id_column = self._id_column
+        if previous is not None:
+            previous = _first_per_id(previous, id_column)
+        if current is None:
+            if previous is not None and len(previous):
+                self._counters["deleted"].inc(len(previous))
+                yield beam.pvalue.TaggedOutput(_DELETES, previous.select([id_column]))
+            return
+        if previous is None or len(previous) == 0:
+            self._counters["new"].inc(len(current))
+            yield beam.pvalue.TaggedOutput(_TO_EMBED, current)
+            return
+        current_keys = pa.table({"key": current.column(id_column), "current_row": pa.array(np.arange(len(current)))})
+        previous_keys = pa.table(
+            {"key": previous.column(id_column), "previous_row": pa.array(np.arange(len(previous)))}
+        )
+        joined = current_keys.join(previous_keys, keys="key", join_type="left outer").sort_by("current_row")
+        previous_row = joined.column("previous_row").to_numpy(zero_copy_only=False)
+        matched = ~np.isnan(previous_row.astype(np.float64))
+        same_text = np.zeros(len(current), dtype=bool)
+        if self._reuse and matched.any():
+            rows = previous_row[matched].astype(np.int64)
+            old_hashes = previous.column(HASH_COLUMN).take(pa.array(rows))
+            new_hashes = current.column(HASH_COLUMN).take(pa.array(np.flatnonzero(matched)))
+            equal = pc.fill_null(pc.equal(old_hashes, new_hashes), False).to_numpy(zero_copy_only=False)
+            same_text[np.flatnonzero(matched)[equal]] = True
+        self._counters["new"].inc(int((~matched).sum()))
+        self._counters["changed"].inc(int((matched & ~same_text).sum()))
+        self._counters["unchanged"].inc(int(same_text.sum()))
+        if (~same_text).any():
+            yield beam.pvalue.TaggedOutput(_TO_EMBED, current.filter(pa.array(~same_text)))
+        if same_text.any():
+            reused = previous.column(EMBEDDING_COLUMN).take(pa.array(previous_row[same_text].astype(np.int64)))
+            yield beam.pvalue.TaggedOutput(
+                _UNCHANGED, current.filter(pa.array(same_text)).append_column(EMBEDDING_COLUMN, reused)
+            )
+        gone = pc.invert(pc.is_in(previous.column(id_column), value_set=current.column(id_column).combine_chunks()))
+        if pc.any(gone).as_py():
+            deleted = previous.filter(gone).select([id_column])
+            self._counters["deleted"].inc(len(deleted))
+            yield beam.pvalue.TaggedOutput(_DELETES, deleted)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    return pa.concat_tables(tables).combine_chunks() if tables else None
+
+
+def _first_per_id(table: pa.Table, id_column: str) -> pa.Table:
+    """Keep the first row of every id (a snapshot written from a corpus with duplicate ids has several)."""
+    indices = pa.table({"key": table.column(id_column), "row": pa.array(np.arange(len(table)))})
+    first = indices.group_by("key", use_threads=False).aggregate([("row", "min")]).column("row_min")
+    if len(first) == len(table):
+        return table
+    return table.take(pa.array(np.sort(first.to_numpy())))
+
+
+def previous_files(previous: str) -> list[str]:
+    """The vector shards of a previous output."""
+    files = sorted(glob.glob(os.path.join(previous, "*.parquet")))
+    if not files:
+        raise InputError(f"--previous {previous!r} holds no Parquet shards (is it an output of beam-m2v embed?)")
+    return files
+
+
+def reusable(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> bool:
+    """Whether the previous run's vectors were made by the same model with the same settings."""
+    return all(previous_manifest.get(key) == facts.get(key) for key in MODEL_KEYS)
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, prepared: Prepared, folders: RunFolders, previous: list[str], reuse: bool
+) -> None:
+    """Join current and previous rows by id, embed what changed, write the snapshot and the change set."""
+    id_column = prepared.input.id_column
+    current, read_failures = read_corpus(pipeline, prepared)
+    previous_tables = (
+        pipeline
+        | "PreviousFiles" >> beam.Create(previous)
+        | "PreviousRowGroups" >> beam.ParDo(ListRowGroups())
+        | "SpreadPrevious" >> beam.Reshuffle()
+        | "ReadPrevious"
+        >> beam.ParDo(ReadRowGroup([id_column, HASH_COLUMN, EMBEDDING_COLUMN], counter="previous_rows_read"))
+    )
+    keyed_current = current | "BucketCurrent" >> beam.ParDo(SplitByBucket(id_column, _CURRENT))
+    keyed_previous = previous_tables | "BucketPrevious" >> beam.ParDo(SplitByBucket(id_column, _PREVIOUS))
+    joined = (
+        (keyed_current, keyed_previous)
+        | "Together" >> beam.Flatten()
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "Join" >> beam.ParDo(JoinBucket(id_column, reuse)).with_outputs(_TO_EMBED, _UNCHANGED, _DELETES)
+    )
+    embedded, failed = embed_tables(joined[_TO_EMBED], prepared)
+    snapshot = (embedded, joined[_UNCHANGED]) | "Snapshot" >> beam.Flatten()
+    write_snapshot(snapshot, [failed, *read_failures], prepared, folders)
+    _, schema = prepared.schema
+    upsert_schema = pa.schema([schema.field(id_column), schema.field(EMBEDDING_COLUMN)], metadata=schema.metadata)
+    _ = (
+        embedded
+        | "UpsertColumns" >> beam.Map(lambda table: table.select([id_column, EMBEDDING_COLUMN]).cast(upsert_schema))
+        | "WriteUpserts"
+        >> WriteToParquetBatched(
+            os.path.join(folders.staging, CHANGES_DIR, "upserts"),
+            schema=upsert_schema,
+            codec="zstd",
+            use_compliant_nested_type=True,
+            file_name_suffix=".parquet",
+        )
+    )
+    delete_schema = pa.schema([schema.field(id_column)])
+    _ = joined[_DELETES] | "WriteDeletes" >> WriteToParquetBatched(
+        os.path.join(folders.staging, CHANGES_DIR, "deletes"),
+        schema=delete_schema,
+        codec="zstd",
+        file_name_suffix=".parquet",
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the re-embedding pipeline; returns the published manifest."""
+    parser = argparse.ArgumentParser(prog="beam-m2v reembed", description=__doc__.split("\n")[0])
+    add_input_arguments(parser)
+    parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
+    args, beam_args = parser.parse_known_args(argv)
+    prepared = prepare(args)
+    previous = previous_files(args.previous)
+    previous_manifest = read_manifest(args.previous)
+    reuse = reusable(previous_manifest, prepared.model_facts)
+    if not reuse:
+        logger.info("the model or its settings changed since the previous run: re-embedding every row")
+    folders = RunFolders.new(args.output)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        build_pipeline(pipeline, prepared, folders, previous, reuse)
+        result = pipeline.run()
+        result.wait_until_finish()
+        manifest = finish_manifest(prepared, folders, result, started, args.previous, reuse)
+    except BaseException:
+        discard(folders)
+        raise
+    publish(folders)
+    logger.info(summary_line(manifest))
+    return manifest
+
+
+def finish_manifest(
+    prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime, previous: str, reuse: bool
+) -> dict[str, Any]:
+    """Count what was written and changed, check every row is accounted for, write the manifest."""
+    embedded, failed = count_output_rows(folders.staging)
+    rows_read = counter_total(result, "rows_read")
+    if rows_read != embedded + failed:
+        raise RuntimeError(
+            f"row accounting mismatch: read {rows_read} rows but wrote {embedded} vectors and {failed} dead letters"
+        )
+    counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
+    upserts = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
+    ended = datetime.datetime.now(datetime.timezone.utc)
+    manifest = {
+        "input": prepared.input.pattern,
+        "input_format": prepared.input.format,
+        "input_files": prepared.files,
+        "previous": os.path.abspath(previous),
+        "reused_previous_vectors": reuse,
+        "rows": {"read": rows_read, "embedded": embedded, "failed": failed, **counts, "upserts": upserts},
+        **prepared.model_facts,
+        "started": started.isoformat(),
+        "ended": ended.isoformat(),
+        "seconds": round((ended - started).total_seconds(), 3),
+    }
+    write_manifest(folders.staging, manifest)
+    return manifest
+
+
+def _rows_in(pattern: str) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in glob.glob(pattern))
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    """One line: what changed and how long it took."""
+    rows = manifest["rows"]
+    return (
+        f"done: {rows['read']:,} rows read; {rows['new']:,} new, {rows['changed']:,} changed, "
+        f"{rows['unchanged']:,} unchanged (vectors reused), {rows['deleted']:,} deleted, {rows['failed']:,} failed "
+        f"in {manifest['seconds']:.1f} s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    configure_logging()
+    try:
+        manifest = run(argv)
+    except (InputError, ModelLoadError, FileNotFoundError) as error:
+        print(f"beam-m2v reembed: error: {error}", file=sys.stderr)
+        return 2
+    print(summary_line(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
