@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: beam-m2v {embed,reembed} [options]
+USAGE = """usage: beam-m2v {embed,reembed,show} [options]
 
   embed     embed a Parquet or JSONL corpus into Parquet vector shards
   reembed   re-embed a changed corpus, reusing the previous run's vectors
+  show      print a run's counts, model and first rows
 
 'beam-m2v COMMAND --help' lists a command's options."""
 
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines import reembed
 
         return reembed.main(rest)
+    if command == "show":
+        from pipelines import show
+
+        return show.main(rest)
     print(f"beam-m2v: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
