@@ -23,16 +23,7 @@ from beam_m2v.errors import InvalidTextError
 from beam_m2v.pooling import VocabularyMatrix, mean_pool, seed_pool
 from beam_m2v.sources import ModelFiles, content_fingerprint
 from beam_m2v.text_checks import first_invalid_text
-from beam_m2v.tokenization import (
-    TokenIds,
-    flatten_ids,
-    keep_ids,
-    median_token_length,
-    model2vec_tokenizer,
-    seed_tokenizer,
-    truncate_ids,
-    unknown_token_id,
-)
+from beam_m2v.tokenization import PreparedTokenizer, TokenIds, flatten_ids, keep_ids, truncate_ids
 
 #: Texts per tokenizer call; a batch this size keeps both cores busy and the ids small.
 CHUNK_SIZE = 1024
@@ -64,26 +55,26 @@ class StaticEmbedder:
     def __init__(
         self,
         matrix: VocabularyMatrix,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | PreparedTokenizer,
         settings: EncodingSettings,
         *,
         files: ModelFiles | None = None,
     ) -> None:
-        """Build an embedder; the tokenizer is copied and configured, the matrix is shared as is."""
+        """Build an embedder; a raw tokenizer is copied and configured once, the matrix is shared as is."""
         self.matrix = matrix
         self.settings = settings
         self.files = files
-        self._raw_tokenizer = tokenizer
-        if settings.semantics is Semantics.SEED:
-            self._tokenizer = seed_tokenizer(tokenizer)
-            self._unknown_id: int | None = None
-            self._char_limit: int | None = None
+        if isinstance(tokenizer, PreparedTokenizer):
+            self._prepared = tokenizer
+        elif settings.semantics is Semantics.SEED:
+            self._prepared = PreparedTokenizer.for_seed(tokenizer)
         else:
-            self._tokenizer = model2vec_tokenizer(tokenizer)
-            self._unknown_id = unknown_token_id(tokenizer)
-            self._char_limit = (
-                None if settings.max_length is None else settings.max_length * median_token_length(tokenizer)
-            )
+            self._prepared = PreparedTokenizer.for_model2vec(tokenizer)
+        self._tokenizer = self._prepared.tokenizer
+        self._unknown_id = self._prepared.unknown_id
+        self._char_limit: int | None = None
+        if settings.semantics is Semantics.MODEL2VEC and settings.max_length is not None:
+            self._char_limit = settings.max_length * self._prepared.median_token_length
 
     @property
     def source(self) -> str:
@@ -123,7 +114,7 @@ class StaticEmbedder:
             if not 0 < dimensionality <= matrix.dim:
                 raise ValueError(f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
             matrix = matrix.truncated(dimensionality)
-        return StaticEmbedder(matrix, self._raw_tokenizer, settings, files=self.files)
+        return StaticEmbedder(matrix, self._prepared, settings, files=self.files)
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -172,16 +163,18 @@ class StaticEmbedder:
             if n == 0:
                 return np.zeros((0, self.dim), dtype=np.float32), 0
             return self._encode_chunk(texts)
-        results = list(_executor().map(lambda start: self._encode_slice(texts, start), range(0, n, CHUNK_SIZE)))
-        vectors = np.concatenate([vectors for vectors, _ in results])
-        return vectors, sum(tokens for _, tokens in results)
+        vectors = np.empty((n, self.dim), dtype=np.float32)
+        tokens = _executor().map(lambda start: self._encode_slice(texts, start, vectors), range(0, n, CHUNK_SIZE))
+        return vectors, sum(tokens)
 
-    def _encode_slice(self, texts: Sequence[str], start: int) -> tuple[np.ndarray, int]:
-        """Encode ``texts[start:start + CHUNK_SIZE]``, reporting invalid positions relative to ``texts``."""
+    def _encode_slice(self, texts: Sequence[str], start: int, out: np.ndarray) -> int:
+        """Encode ``texts[start:start + CHUNK_SIZE]`` into ``out``; invalid positions are relative to ``texts``."""
         try:
-            return self._encode_chunk(texts[start : start + CHUNK_SIZE])
+            vectors, tokens = self._encode_chunk(texts[start : start + CHUNK_SIZE])
         except InvalidTextError as error:
             raise InvalidTextError(start + error.index, error.reason) from None
+        out[start : start + len(vectors)] = vectors
+        return tokens
 
     def encode_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.FixedSizeListArray:
         """Embed an Arrow string / large_string array (or chunked array) to ``fixed_size_list<float32>[dim]``.

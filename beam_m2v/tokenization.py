@@ -8,6 +8,7 @@ share one.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -59,6 +60,29 @@ def seed_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
 
 @dataclass(frozen=True)
+class PreparedTokenizer:
+    """A private, configured tokenizer copy and the facts encoding needs about it.
+
+    Built once per loaded model and shared, unmutated, by every embedder derived from it
+    (``with_settings``), whatever their ``max_length``: one tokenizer per process.
+    """
+
+    tokenizer: Tokenizer
+    unknown_id: int | None
+    median_token_length: int
+
+    @classmethod
+    def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
+        """No padding, no truncation (done on the ids), unknown id and median length as model2vec finds them."""
+        return cls(model2vec_tokenizer(tokenizer), unknown_token_id(tokenizer), median_token_length(tokenizer))
+
+    @classmethod
+    def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
+        """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
+        return cls(seed_tokenizer(tokenizer), None, 0)
+
+
+@dataclass(frozen=True)
 class TokenIds:
     """Token ids of a batch of texts, flat: text ``i`` owns ``ids[offsets[i]:offsets[i + 1]]``."""
 
@@ -76,12 +100,7 @@ def flatten_ids(id_lists: list[list[int]]) -> TokenIds:
     lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
     offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.empty(int(offsets[-1]), dtype=np.int64)
-    position = 0
-    for id_list in id_lists:
-        end = position + len(id_list)
-        flat[position:end] = id_list
-        position = end
+    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(offsets[-1]))
     return TokenIds(flat, offsets)
 
 
