@@ -49,6 +49,7 @@ def load_model(
     revision: str | None = None,
     token: str | None = None,
     cache_dir: str | None = None,
+    sha256: str | None = None,
 ) -> StaticEmbedder:
     """Load a static model, memory-mapped, ready to ``encode``.
 
@@ -68,16 +69,32 @@ def load_model(
         token: hub access token for private models.
         cache_dir: hub cache folder; by default huggingface_hub's, honouring ``HF_HOME``,
             ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``.
+        sha256: expected SHA-256 of the matrix file of a model on a remote filesystem
+            (``gs://``, ``s3://``...; copied once per machine into ``$BEAM_M2V_CACHE``).
 
     Raises:
         ModelLoadError: naming the file and the problem when the model is missing or damaged.
 
     """
-    files = resolve_model_files(
-        os.fspath(source),
-        tokenizer=tokenizer,
-        hub=HubOptions(revision=revision, token=token, cache_dir=cache_dir),
-    )
+    hub = HubOptions(revision=revision, token=token, cache_dir=cache_dir, sha256=sha256)
+    files = resolve_model_files(os.fspath(source), tokenizer=tokenizer, hub=hub)
+    try:
+        return _load_files(files, dimensionality, normalize, max_length, semantics, dim)
+    except ModelLoadError as error:
+        if files.remote is None:
+            raise
+        raise ModelLoadError(files.remote_name(error.path), error.problem) from None
+
+
+def _load_files(
+    files: ModelFiles,
+    dimensionality: int | None,
+    normalize: bool | None,
+    max_length: int | None,
+    semantics: Semantics | str | None,
+    dim: int,
+) -> StaticEmbedder:
+    """Read, check and assemble the model from resolved local files."""
     config = _read_config(files)
     hf_tokenizer = _read_tokenizer(files.tokenizer)
     matrix = _read_matrix(files, dim)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from beam_m2v.errors import ModelLoadError
+from beam_m2v.remote_files import fetch_remote_model, is_remote
 
 HUB_PREFIX = "hf://"
 #: What a bare Hugging Face hub model id looks like: ``name`` or ``owner/name``.
@@ -41,6 +42,14 @@ class ModelFiles:
     tokenizer: str
     config: str | None
     revision: str | None = None
+    remote: tuple[str, str] | None = None
+    """For a model copied from a remote filesystem: (remote folder URL, local cache folder)."""
+
+    def remote_name(self, local_path: str) -> str:
+        """The URL a local cached path was copied from (the path itself for local models)."""
+        if self.remote is not None and local_path.startswith(self.remote[1]):
+            return self.remote[0].rstrip("/") + local_path[len(self.remote[1]) :]
+        return local_path
 
     @property
     def tensor_name(self) -> str:
@@ -68,11 +77,13 @@ HUB_ALLOW_PATTERNS: list[str] = sorted(
 
 @dataclass(frozen=True)
 class HubOptions:
-    """How to reach the Hugging Face hub (or its local cache)."""
+    """How to reach the Hugging Face hub (or its local cache), or a remote filesystem."""
 
     revision: str | None = None
     token: str | None = None
     cache_dir: str | None = None
+    sha256: str | None = None
+    """Expected SHA-256 of the matrix file of a model on a remote filesystem."""
 
 
 def content_fingerprint(files: ModelFiles) -> str:
@@ -131,7 +142,11 @@ def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOp
     """Resolve ``source`` (folder, matrix file, ``hf://`` path or hub id) to local model files."""
     hub = hub or HubOptions()
     source = os.fspath(source)
-    if os.path.isdir(source):
+    if source.startswith("file://"):
+        source = source.removeprefix("file://")
+    if is_remote(source):
+        files = _resolve_remote(source, hub)
+    elif os.path.isdir(source):
         files = find_layout(source, source)
     elif os.path.isfile(source):
         files = _files_beside(source, source, None)
@@ -145,6 +160,18 @@ def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOp
             "missing tokenizer: the model needs a tokenizer.json beside its matrix, or pass tokenizer=",
         )
     return files
+
+
+def _resolve_remote(source: str, hub: HubOptions) -> ModelFiles:
+    """Copy a model from a Beam filesystem (gs://, s3://, ...) into the machine's cache."""
+    local = fetch_remote_model(source, sha256=hub.sha256)
+    remote_folder = source.rstrip("/")
+    if source.endswith((".bin", ".safetensors")):
+        remote_folder, name = remote_folder.rsplit("/", 1)
+        files = _files_beside(os.path.join(local, name), source, None)
+    else:
+        files = find_layout(local, source)
+    return replace(files, remote=(remote_folder, local))
 
 
 def _files_beside(matrix_path: str, source: str, revision: str | None) -> ModelFiles:
@@ -167,8 +194,6 @@ def _split_hub_path(path: str) -> tuple[str, str]:
 def _resolve_hub(source: str, tokenizer: str | None, hub: HubOptions) -> ModelFiles:
     """Fetch (or find in the cache) a model from the Hugging Face hub."""
     if not source.startswith(HUB_PREFIX):
-        if "://" in source:
-            raise ModelLoadError(source, "no such model: this URL scheme is not supported here")
         if not HUB_ID.fullmatch(source):
             raise ModelLoadError(source, "no such file or folder (and not a Hugging Face hub id like owner/name)")
     repo_id, path_in_repo = _split_hub_path(source.removeprefix(HUB_PREFIX))

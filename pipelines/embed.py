@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.metrics.metric import MetricsFilter
@@ -75,6 +76,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
     parser.add_argument("--batch-size", type=int, default=1024, help="texts per tokenizer call")
     parser.add_argument("--hf-revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--model-sha256", help="expected SHA-256 of the matrix file of a gs:// / s3:// model")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         dimensionality=args.dimensionality,
         semantics=args.semantics,
         revision=args.hf_revision,
+        sha256=args.model_sha256,
     )
     model = model_spec.load()
     facts = model_facts(model, model_spec)
@@ -205,12 +208,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
+    options = pipeline_options(beam_args)
+    FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
     prepared = prepare(args)
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, folders.final)
     try:
-        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, prepared, folders)
         result = pipeline.run()
         result.wait_until_finish()

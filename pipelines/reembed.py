@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics.metric import Metrics
 
@@ -236,6 +237,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_input_arguments(parser)
     parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
     args, beam_args = parser.parse_known_args(argv)
+    options = pipeline_options(beam_args)
+    FileSystems.set_options(options)
     prepared = prepare(args)
     previous = previous_files(args.previous)
     previous_manifest = read_manifest(args.previous)
@@ -245,7 +248,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
-        pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+        pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, prepared, folders, previous, reuse)
         result = pipeline.run()
         result.wait_until_finish()

@@ -31,6 +31,7 @@ class ModelSpec:
     revision: str | None = None
     token: str | None = None
     cache_dir: str | None = None
+    sha256: str | None = None
 
     @classmethod
     def of(
@@ -45,6 +46,7 @@ class ModelSpec:
         revision: str | None = None,
         token: str | None = None,
         cache_dir: str | None = None,
+        sha256: str | None = None,
     ) -> ModelSpec:
         """A spec from a source (or another spec); each option given (not None) overrides the spec's."""
         base = model if isinstance(model, ModelSpec) else cls(source=os.fspath(model))
@@ -56,6 +58,7 @@ class ModelSpec:
             "revision": revision,
             "token": token,
             "cache_dir": cache_dir,
+            "sha256": sha256,
         }
         overrides = {key: value for key, value in options.items() if value is not None}
         if max_length is not MODEL_DEFAULT:
@@ -75,6 +78,7 @@ class ModelSpec:
             revision=self.revision,
             token=self.token,
             cache_dir=self.cache_dir,
+            sha256=self.sha256,
         )
 
 
