@@ -124,24 +124,41 @@ class StaticEmbedder:
             limit = self._char_limit
             texts = [text[:limit] if isinstance(text, str) and len(text) > limit else text for text in texts]
         try:
-            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        except (TypeError, UnicodeEncodeError, ValueError) as error:
+            id_lists = [encoding.ids for encoding in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        except Exception:
             invalid = first_invalid_text(texts)
-            raise (invalid if invalid is not None else error) from None
-        token_ids = flatten_ids([encoding.ids for encoding in encodings])
+            if invalid is not None:
+                raise invalid from None
+            if self.settings.semantics is not Semantics.SEED:
+                raise
+            # The seed gives a text the tokenizer fails on a zero vector: find which ones, one by one.
+            id_lists = [self._seed_ids_or_none(text) for text in texts]
         if self.settings.semantics is Semantics.SEED:
+            multiple = self._prepared.pad_to_multiple_of
+            if multiple is not None:
+                size, pad_id = multiple
+                id_lists = [ids + [pad_id] * (-len(ids) % size) for ids in id_lists]
+            token_ids = flatten_ids(id_lists)
             return keep_ids(token_ids, token_ids.ids < self.matrix.rows)
+        token_ids = flatten_ids(id_lists)
         if self.settings.max_length is not None:
             token_ids = truncate_ids(token_ids, self.settings.max_length)
         if self._unknown_id is not None:
             token_ids = keep_ids(token_ids, token_ids.ids != self._unknown_id)
         return token_ids
 
+    def _seed_ids_or_none(self, text: str) -> list[int]:
+        """One text's ids, or none when the tokenizer fails on it (the seed's zero vector)."""
+        try:
+            return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        except Exception:
+            return []
+
     def _encode_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """Vectors of one chunk and the number of tokens pooled."""
         token_ids = self.token_ids(texts)
         if self.settings.semantics is Semantics.SEED:
-            vectors = seed_pool(self.matrix, token_ids)
+            vectors = seed_pool(self.matrix, token_ids, normalize=self.settings.normalize)
         else:
             vectors = mean_pool(self.matrix, token_ids, normalize=self.settings.normalize)
         return vectors, int(token_ids.ids.size)

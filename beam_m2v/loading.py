@@ -183,6 +183,14 @@ def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenize
         raise ModelLoadError(
             files.matrix, f"tensor 'weights' has {matrix.weights.shape[0]} entries for {matrix.rows} ids"
         )
+    if files.layout is Layout.RAW and matrix.rows > needed:
+        logger.warning(
+            "%s: %d rows for a tokenizer with %d ids: is the dimension (%d) right?",
+            files.matrix,
+            matrix.rows,
+            needed,
+            matrix.dim,
+        )
     if matrix.rows >= needed:
         return
     problem = f"matrix has {matrix.rows} rows but the tokenizer {files.tokenizer} has ids up to {needed - 1}"

@@ -108,7 +108,10 @@ def map_raw_matrix(path: str, dim: int) -> np.ndarray:
     if size == 0:
         raise ModelLoadError(path, "matrix file is empty")
     if size % 4:
-        raise ModelLoadError(path, f"matrix file has {size} bytes, not a multiple of 4 (float32)")
+        raise ModelLoadError(
+            path,
+            f"matrix file has {size} bytes, not a multiple of 4 (float32), so not a float32 matrix of dimension {dim}",
+        )
     if (size // 4) % dim:
         raise ModelLoadError(
             path,

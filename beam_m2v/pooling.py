@@ -110,11 +110,13 @@ def mean_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool)
     return vectors
 
 
-def seed_pool(matrix: VocabularyMatrix, token_ids: TokenIds) -> np.ndarray:
+def seed_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool = True) -> np.ndarray:
     """The seed's vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``; no tokens give zeros."""
     sums, counts = sum_rows(matrix, token_ids)
     vectors = np.zeros(sums.shape, dtype=np.float32)
     np.divide(sums, counts[:, None].astype(np.float32), out=vectors, where=(counts > 0)[:, None], casting="unsafe")
+    if not normalize:
+        return vectors
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))[:, None]
     normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
     return normalized

@@ -46,17 +46,21 @@ def model2vec_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return copy
 
 
-def seed_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+def seed_tokenizer(tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int, int] | None]:
     """A private copy of ``tokenizer`` as its file configures it, made safe to call on batches.
 
-    The seed encodes one text at a time, so batch-longest padding never pads there; it is
-    switched off here so that batching gives the same ids. Fixed-length padding is kept.
+    The seed encodes one text at a time, so batch-longest padding only pads a text up to a
+    multiple of ``pad_to_multiple_of`` there. Batching would pad to the longest text instead,
+    so that padding is switched off and returned as ``(multiple, pad_id)`` to apply per text.
+    Fixed-length padding is kept as is.
     """
     copy = Tokenizer.from_str(tokenizer.to_str())
     padding = copy.padding
-    if padding is not None and padding.get("length") is None:
-        copy.no_padding()
-    return copy
+    if padding is None or padding.get("length") is not None:
+        return copy, None
+    copy.no_padding()
+    multiple = padding.get("pad_to_multiple_of")
+    return copy, (int(multiple), int(padding["pad_id"])) if multiple else None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class PreparedTokenizer:
     tokenizer: Tokenizer
     unknown_id: int | None
     median_token_length: int
+    pad_to_multiple_of: tuple[int, int] | None = None
+    """Seed semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
 
     @classmethod
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
@@ -79,7 +85,8 @@ class PreparedTokenizer:
     @classmethod
     def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
-        return cls(seed_tokenizer(tokenizer), None, 0)
+        copy, pad_to_multiple_of = seed_tokenizer(tokenizer)
+        return cls(copy, None, 0, pad_to_multiple_of)
 
 
 @dataclass(frozen=True)

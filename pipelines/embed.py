@@ -74,6 +74,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer source for a raw vocab_matrix.bin model")
     parser.add_argument("--semantics", choices=["model2vec", "seed"], help="default: from the model format")
     parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
+    parser.add_argument("--dim", type=int, help="columns of a raw vocab_matrix.bin model (default 256)")
     parser.add_argument("--batch-size", type=int, default=1024, help="texts per tokenizer call")
     parser.add_argument("--hf-revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--model-sha256", help="expected SHA-256 of the matrix file of a gs:// / s3:// model")
@@ -110,6 +111,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         semantics=args.semantics,
         revision=args.hf_revision,
         sha256=args.model_sha256,
+        dim=args.dim,
     )
     model = model_spec.load()
     facts = model_facts(model, model_spec)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.pvalue import PCollection
 
-from beam_m2v.loading import MODEL_DEFAULT
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.embed_text import EmbedResult
-from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
 from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 
@@ -103,6 +105,7 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
 
     Returns ``EmbedResult(embedded, failed)``; ``embedded`` holds ``pyarrow.Table``s (one per
     input table, minus the failed rows), ``failed`` one ``FailedElement`` per unusable row.
+    ``model_options`` are those of ``EmbedText`` (see ``ModelOptions``).
     """
 
     def __init__(
@@ -111,27 +114,10 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
         *,
         text_column: str = "text",
         output_column: str = "embedding",
-        dimensionality: int | None = None,
-        normalize: bool | None = None,
-        max_length: int | None = MODEL_DEFAULT,
-        semantics: str | None = None,
-        tokenizer: str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        cache_dir: str | None = None,
+        **model_options: Unpack[ModelOptions],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(
-            model,
-            tokenizer=tokenizer,
-            dimensionality=dimensionality,
-            normalize=normalize,
-            max_length=max_length,
-            semantics=semantics,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-        )
+        self.spec = ModelSpec.of(model, **model_options)
         self.text_column = text_column
         self.output_column = output_column
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.pvalue import PCollection
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import InvalidTextError
-from beam_m2v.loading import MODEL_DEFAULT
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.elements import ElementAccess, OutputFormat
-from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
 from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 DEFAULT_BATCH_SIZE = 1024
@@ -115,6 +117,8 @@ class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):
     text, a missing field, a lone surrogate) goes to ``failed`` as a ``FailedElement``.
 
     The model is named, not loaded, at construction: each worker process loads it once.
+    ``model_options`` (``dimensionality``, ``normalize``, ``max_length``, ``semantics``,
+    ``tokenizer``, ``revision``, ``token``, ``cache_dir``, ``sha256``) go to ``load_model``.
     """
 
     def __init__(
@@ -126,27 +130,10 @@ class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):
         output_format: OutputFormat = "numpy",
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_batch_size: int = 1,
-        dimensionality: int | None = None,
-        normalize: bool | None = None,
-        max_length: int | None = MODEL_DEFAULT,
-        semantics: str | None = None,
-        tokenizer: str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        cache_dir: str | None = None,
+        **model_options: Unpack[ModelOptions],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(
-            model,
-            tokenizer=tokenizer,
-            dimensionality=dimensionality,
-            normalize=normalize,
-            max_length=max_length,
-            semantics=semantics,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-        )
+        self.spec = ModelSpec.of(model, **model_options)
         self.access = ElementAccess(text_field, output_field, output_format)
         if batch_size < 1 or not 1 <= min_batch_size <= batch_size:
             raise ValueError(f"need 1 <= min_batch_size <= batch_size, got {min_batch_size}, {batch_size}")

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from beam_m2v.encoder import StaticEmbedder
-from beam_m2v.loading import MODEL_DEFAULT
 from beam_m2v.text_checks import first_invalid_text
 from beam_m2v.transforms.metrics import NAMESPACE
-from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec, acquire_model
 
 
 class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder]):  # type: ignore[misc]
@@ -24,36 +26,20 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
     ``RunInference(...).with_exception_handling()`` to route such batches to a dead-letter
     output, or ``EmbedText`` for per-element dead letters. ``update_model_path`` swaps the
     model source (RunInference's side-input model updates in streaming pipelines).
+    ``model_options`` are those of ``EmbedText`` (see ``ModelOptions``).
     """
 
     def __init__(
         self,
         model: ModelSpec | str | os.PathLike[str],
         *,
-        tokenizer: str | None = None,
-        dimensionality: int | None = None,
-        normalize: bool | None = None,
-        max_length: int | None = MODEL_DEFAULT,
-        semantics: str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        cache_dir: str | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 1024,
         max_batch_duration_secs: int | None = None,
+        **model_options: Unpack[ModelOptions],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(
-            model,
-            tokenizer=tokenizer,
-            dimensionality=dimensionality,
-            normalize=normalize,
-            max_length=max_length,
-            semantics=semantics,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-        )
+        self.spec = ModelSpec.of(model, **model_options)
         self._batching: dict[str, Any] = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         if max_batch_duration_secs is not None:
             self._batching["max_batch_duration_secs"] = max_batch_duration_secs

@@ -17,11 +17,10 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.ml.transforms.base import EmbeddingsManager, EmbeddingTypeAdapter
 
 from beam_m2v.encoder import StaticEmbedder
-from beam_m2v.loading import MODEL_DEFAULT
 from beam_m2v.text_checks import first_invalid_text
 from beam_m2v.transforms.inference import Model2VecModelHandler
 from beam_m2v.transforms.metrics import NAMESPACE
-from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
 
 
 def rag_text_adapter() -> EmbeddingTypeAdapter[Any, Any]:
@@ -48,30 +47,13 @@ class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
         *,
         columns: list[str] | None = None,
         type_adapter: EmbeddingTypeAdapter[Any, Any] | None = None,
-        dimensionality: int | None = None,
-        normalize: bool | None = None,
-        max_length: int | None = MODEL_DEFAULT,
-        semantics: str | None = None,
-        tokenizer: str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        cache_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         if columns is None and type_adapter is None:
             type_adapter = rag_text_adapter()
+        model_options: dict[str, Any] = {key: kwargs.pop(key) for key in ModelOptions.__optional_keys__ & kwargs.keys()}
         super().__init__(columns=columns, type_adapter=type_adapter, **kwargs)
-        self.spec = ModelSpec.of(
-            model,
-            tokenizer=tokenizer,
-            dimensionality=dimensionality,
-            normalize=normalize,
-            max_length=max_length,
-            semantics=semantics,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-        )
+        self.spec = ModelSpec.of(model, **model_options)
 
     def get_model_handler(self) -> Model2VecModelHandler:
         """The RunInference handler embedding plain texts."""

@@ -11,10 +11,34 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from beam_m2v.encoder import Semantics, StaticEmbedder
 from beam_m2v.loading import MODEL_DEFAULT, load_model
+
+
+class ModelOptions(TypedDict, total=False):
+    """The model options every beam-m2v transform takes, passed on to ``load_model`` on the workers.
+
+    ``tokenizer``, ``dimensionality``, ``normalize``, ``max_length`` (None: no truncation),
+    ``semantics`` (``"model2vec"`` or ``"seed"``), ``dim`` (columns of a raw ``vocab_matrix.bin``),
+    ``revision``/``token``/``cache_dir`` (hub),
+    ``sha256`` (remote filesystems); see ``beam_m2v.load_model``.
+    """
+
+    tokenizer: str | None
+    dimensionality: int | None
+    normalize: bool | None
+    max_length: int | None
+    semantics: Semantics | str | None
+    dim: int | None
+    revision: str | None
+    token: str | None
+    cache_dir: str | None
+    sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -34,35 +58,14 @@ class ModelSpec:
     sha256: str | None = None
 
     @classmethod
-    def of(
-        cls,
-        model: ModelSpec | str | os.PathLike[str],
-        *,
-        tokenizer: str | None = None,
-        dimensionality: int | None = None,
-        normalize: bool | None = None,
-        max_length: int | None = MODEL_DEFAULT,
-        semantics: Semantics | str | None = None,
-        revision: str | None = None,
-        token: str | None = None,
-        cache_dir: str | None = None,
-        sha256: str | None = None,
-    ) -> ModelSpec:
-        """A spec from a source (or another spec); each option given (not None) overrides the spec's."""
+    def of(cls, model: ModelSpec | str | os.PathLike[str], **options: Unpack[ModelOptions]) -> ModelSpec:
+        """A spec from a source (or another spec); each option given (and not None) overrides the spec's."""
         base = model if isinstance(model, ModelSpec) else cls(source=os.fspath(model))
-        options: dict[str, Any] = {
-            "tokenizer": tokenizer,
-            "dimensionality": dimensionality,
-            "normalize": normalize,
-            "semantics": Semantics(semantics).value if semantics is not None else None,
-            "revision": revision,
-            "token": token,
-            "cache_dir": cache_dir,
-            "sha256": sha256,
-        }
-        overrides = {key: value for key, value in options.items() if value is not None}
-        if max_length is not MODEL_DEFAULT:
-            overrides["max_length"] = max_length
+        overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
+        if "max_length" in options:
+            overrides["max_length"] = options["max_length"]  # None is meaningful here: no truncation
+        if overrides.get("semantics") is not None:
+            overrides["semantics"] = Semantics(overrides["semantics"]).value
         return replace(base, **overrides)
 
     def load(self) -> StaticEmbedder:
