@@ -35,7 +35,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics.metric import Metrics
 
 from beam_m2v.errors import ModelLoadError
-from pipelines.content_hash import HASH_COLUMN
+from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
     Prepared,
     add_input_arguments,
@@ -50,6 +50,7 @@ from pipelines.embed import (
 from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
 from pipelines.outputs import (
     EMBEDDING_COLUMN,
+    MANIFEST_NAME,
     RunFolders,
     count_output_rows,
     discard,
@@ -110,51 +111,66 @@ class JoinBucket(beam.DoFn):  # type: ignore[misc]
         }
 
     def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
-        """Join the current and previous rows of one bucket by id."""
+        """Join the current and previous rows of one bucket by id.
+
+        Rows without a usable text (null ``text_hash``) are sent on to embedding, where they
+        become dead letters; they count as neither new nor changed, and a previous vector of
+        their id is deleted, since the new snapshot has none.
+        """
         _, parts = item
+        id_column = self._id_column
         current = _concat([t for side, t in parts if side == _CURRENT])
         previous = _concat([t for side, t in parts if side == _PREVIOUS])
-        id_column = self._id_column
+        if current is None:
+            current = pa.table({id_column: pa.array([], previous.schema.field(id_column).type)}) if previous else None
         if previous is not None:
             previous = _first_per_id(previous, id_column)
         if current is None:
-            if previous is not None and len(previous):
-                self._counters["deleted"].inc(len(previous))
-                yield beam.pvalue.TaggedOutput(_DELETES, previous.select([id_column]))
             return
-        if previous is None or len(previous) == 0:
-            self._counters["new"].inc(len(current))
-            yield beam.pvalue.TaggedOutput(_TO_EMBED, current)
-            return
-        current_keys = pa.table({"key": current.column(id_column), "current_row": pa.array(np.arange(len(current)))})
-        previous_keys = pa.table(
-            {"key": previous.column(id_column), "previous_row": pa.array(np.arange(len(previous)))}
+        embeddable = (
+            current.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
+            if len(current)
+            else np.ones(0, dtype=bool)
         )
-        joined = current_keys.join(previous_keys, keys="key", join_type="left outer").sort_by("current_row")
-        previous_row = joined.column("previous_row").to_numpy(zero_copy_only=False)
-        matched = ~np.isnan(previous_row.astype(np.float64))
+        previous_row = self._previous_rows(current, previous)
+        matched = previous_row >= 0
         same_text = np.zeros(len(current), dtype=bool)
-        if self._reuse and matched.any():
-            rows = previous_row[matched].astype(np.int64)
-            old_hashes = previous.column(HASH_COLUMN).take(pa.array(rows))
+        if self._reuse and previous is not None and matched.any():
+            old_hashes = previous.column(HASH_COLUMN).take(pa.array(previous_row[matched]))
             new_hashes = current.column(HASH_COLUMN).take(pa.array(np.flatnonzero(matched)))
             equal = pc.fill_null(pc.equal(old_hashes, new_hashes), False).to_numpy(zero_copy_only=False)
             same_text[np.flatnonzero(matched)[equal]] = True
-        self._counters["new"].inc(int((~matched).sum()))
-        self._counters["changed"].inc(int((matched & ~same_text).sum()))
+        self._counters["new"].inc(int((~matched & embeddable).sum()))
+        self._counters["changed"].inc(int((matched & ~same_text & embeddable).sum()))
         self._counters["unchanged"].inc(int(same_text.sum()))
         if (~same_text).any():
             yield beam.pvalue.TaggedOutput(_TO_EMBED, current.filter(pa.array(~same_text)))
         if same_text.any():
-            reused = previous.column(EMBEDDING_COLUMN).take(pa.array(previous_row[same_text].astype(np.int64)))
+            reused = previous.column(EMBEDDING_COLUMN).take(pa.array(previous_row[same_text]))  # type: ignore[union-attr]
             yield beam.pvalue.TaggedOutput(
                 _UNCHANGED, current.filter(pa.array(same_text)).append_column(EMBEDDING_COLUMN, reused)
             )
-        gone = pc.invert(pc.is_in(previous.column(id_column), value_set=current.column(id_column).combine_chunks()))
-        if pc.any(gone).as_py():
-            deleted = previous.filter(gone).select([id_column])
-            self._counters["deleted"].inc(len(deleted))
-            yield beam.pvalue.TaggedOutput(_DELETES, deleted)
+        if previous is not None and len(previous):
+            kept_ids = current.column(id_column).filter(pa.array(embeddable)).combine_chunks()
+            gone = pc.invert(pc.is_in(previous.column(id_column), value_set=kept_ids))
+            if pc.any(gone).as_py():
+                deleted = previous.filter(gone).select([id_column])
+                self._counters["deleted"].inc(len(deleted))
+                yield beam.pvalue.TaggedOutput(_DELETES, deleted)
+
+    def _previous_rows(self, current: pa.Table, previous: pa.Table | None) -> np.ndarray:
+        """For each current row, the row of the same id in ``previous`` (-1 where there is none)."""
+        if previous is None or len(previous) == 0 or len(current) == 0:
+            return np.full(len(current), -1, dtype=np.int64)
+        current_keys = pa.table(
+            {"key": current.column(self._id_column), "current_row": pa.array(np.arange(len(current)))}
+        )
+        previous_keys = pa.table(
+            {"key": previous.column(self._id_column), "previous_row": pa.array(np.arange(len(previous)))}
+        )
+        joined = current_keys.join(previous_keys, keys="key", join_type="left outer").sort_by("current_row")
+        rows = joined.column("previous_row").to_numpy(zero_copy_only=False)
+        return np.where(np.isnan(rows.astype(np.float64)), -1, rows).astype(np.int64)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -170,11 +186,23 @@ def _first_per_id(table: pa.Table, id_column: str) -> pa.Table:
     return table.take(pa.array(np.sort(first.to_numpy())))
 
 
-def previous_files(previous: str) -> list[str]:
-    """The vector shards of a previous output."""
+def previous_files(previous: str, id_column: str) -> list[str]:
+    """The vector shards of a previous output, checked to carry what re-embedding needs."""
+    if not os.path.isfile(os.path.join(previous, MANIFEST_NAME)):
+        raise InputError(
+            f"--previous {previous!r} has no {MANIFEST_NAME}: it is not a finished output of beam-m2v embed/reembed"
+        )
     files = sorted(glob.glob(os.path.join(previous, "*.parquet")))
     if not files:
         raise InputError(f"--previous {previous!r} holds no Parquet shards (is it an output of beam-m2v embed?)")
+    schema = pq.read_schema(files[0])
+    for column, wanted in ((id_column, None), (HASH_COLUMN, HASH_TYPE), (EMBEDDING_COLUMN, None)):
+        if column not in schema.names or (wanted is not None and schema.field(column).type != wanted):
+            found = ", ".join(f"{field.name}: {field.type}" for field in schema)
+            raise InputError(
+                f"{files[0]}: the previous shards need columns {id_column!r}, {HASH_COLUMN!r} ({HASH_TYPE}) and "
+                f"{EMBEDDING_COLUMN!r}; found {found} (re-run a full beam-m2v embed to make a usable --previous)"
+            )
     return files
 
 
@@ -240,7 +268,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)
     prepared = prepare(args)
-    previous = previous_files(args.previous)
+    previous = previous_files(args.previous, prepared.input.id_column)
     previous_manifest = read_manifest(args.previous)
     reuse = reusable(previous_manifest, prepared.model_facts)
     if not reuse:
@@ -272,6 +300,8 @@ def finish_manifest(
             f"row accounting mismatch: read {rows_read} rows but wrote {embedded} vectors and {failed} dead letters"
         )
     counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
+    counts["encoded"] = counter_total(result, "texts_embedded")  # texts that went through the model this run
+    counts["previous_read"] = counter_total(result, "previous_rows_read")
     upserts = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
     ended = datetime.datetime.now(datetime.timezone.utc)
     manifest = {
