@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -202,6 +203,7 @@ class StaticEmbedder:
 
     def encode_arrow_with_stats(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.FixedSizeListArray, int]:
         """Like ``encode_arrow``, also returning how many tokens were pooled."""
+        texts = plain_strings(texts)
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
@@ -216,6 +218,26 @@ class StaticEmbedder:
         else:
             vectors, mask = present, None
         return vector_array(vectors, mask), tokens
+
+
+def plain_string_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The plain string type a text column of ``arrow_type`` reads as (dictionary and string_view unwrapped)."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string_view(arrow_type):
+        return pa.large_string()
+    return arrow_type
+
+
+def plain_strings(data: pa.Table | pa.Array | pa.ChunkedArray) -> Any:
+    """Cast dictionary-encoded and string_view text (of a table: every such column) to plain strings."""
+    if isinstance(data, pa.Table):
+        for index, field in enumerate(data.schema):
+            if plain_string_type(field.type) != field.type:
+                data = data.set_column(index, field.name, data.column(index).cast(plain_string_type(field.type)))
+        return data
+    wanted = plain_string_type(data.type)
+    return data if wanted == data.type else data.cast(wanted)
 
 
 def vector_array(vectors: np.ndarray, mask: pa.Array | None = None) -> pa.FixedSizeListArray:

@@ -7,7 +7,6 @@ where its row came from. They are dropped before the vectors are written.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
+from beam_m2v.encoder import plain_string_type, plain_strings
 from beam_m2v.text_checks import find_text_problem
 from beam_m2v.transforms.dead_letters import FAILED_TAG, FailedElement, preview
 
@@ -52,6 +52,11 @@ class InputSpec:
         return list(dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]))
 
 
+def _lines(handle: Any) -> Iterator[bytes]:
+    """The lines of a file Beam opened (plain or decompressing; Beam's compressed files only have readline)."""
+    return iter(handle.readline, b"")
+
+
 def detect_format(pattern: str, explicit: str | None) -> str:
     """``parquet`` or ``jsonl``, from ``--input-format`` or the pattern's extension."""
     if explicit:
@@ -77,16 +82,26 @@ def match_files(pattern: str) -> list[str]:
 
 
 def parquet_schema(files: Sequence[str], spec: InputSpec) -> pa.Schema:
-    """The schema of the read columns, checked on the first file: a missing column is a start-up error."""
-    with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        schema = pq.read_schema(handle)
-    missing = [column for column in spec.columns if column not in schema.names]
-    if missing:
-        raise InputError(
-            f"{files[0]}: no column {', '.join(map(repr, missing))}; the columns found are {schema.names} "
-            "(choose them with --text-column / --id-column / --keep-columns)"
-        )
-    return pa.schema([schema.field(column) for column in spec.columns])
+    """The schema of the read columns, checked in every file's footer: a missing column is a start-up error."""
+    first: pa.Schema | None = None
+    for path in files:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            schema = pq.read_schema(handle)
+        missing = [column for column in spec.columns if column not in schema.names]
+        if missing:
+            raise InputError(
+                f"{path}: no column {', '.join(map(repr, missing))}; the columns found are {schema.names} "
+                "(choose them with --text-column / --id-column / --keep-columns)"
+            )
+        first = first or schema
+    assert first is not None
+    fields = [first.field(column) for column in spec.columns]
+    return pa.schema([plain_text_field(field) if field.name == spec.text_column else field for field in fields])
+
+
+def plain_text_field(field: pa.Field) -> pa.Field:
+    """A dictionary-encoded or string_view text column is read as plain strings."""
+    return field.with_type(plain_string_type(field.type))
 
 
 def with_positions(table: pa.Table, source: str, positions: np.ndarray) -> pa.Table:
@@ -127,7 +142,7 @@ class ReadRowGroup(beam.DoFn):  # type: ignore[misc]
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             table = pq.ParquetFile(handle).read_row_group(group, columns=self._columns)
         self._rows_read.inc(len(table))
-        yield with_positions(table, path, np.arange(first_row, first_row + len(table)))
+        yield with_positions(plain_strings(table), path, np.arange(first_row, first_row + len(table)))
 
 
 class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
@@ -152,7 +167,7 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         rows: list[dict[str, Any]] = []
         line_numbers: list[int] = []
         with FileSystems.open(path) as raw:
-            for line_number, raw_line in enumerate(io.BufferedReader(raw, 1 << 20), start=1):
+            for line_number, raw_line in enumerate(_lines(raw), start=1):
                 if not raw_line.strip():
                     continue
                 self._rows_read.inc()
@@ -210,11 +225,7 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
                     fitting_lines.append(line_number)
                     continue
                 self._failures.inc()
-                context = {
-                    SOURCE_COLUMN: path,
-                    POSITION_COLUMN: line_number,
-                    "id": preview(row.get(self._spec.id_column)),
-                }
+                context = {SOURCE_COLUMN: path, POSITION_COLUMN: line_number, **row}
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, FailedElement(context, "BadValueType", problem))
             rows, line_numbers = fitting, fitting_lines
             if not rows:
@@ -232,11 +243,30 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         return None
 
 
+def _majority_type(values: list[Any]) -> pa.DataType:
+    """The Arrow type of the most common Python type among sampled values (string when unsure).
+
+    One odd value (a string id among integers) must not change the type of the whole column:
+    its own line becomes a dead letter instead.
+    """
+    by_type: dict[type, list[Any]] = {}
+    for value in values:
+        by_type.setdefault(type(value), []).append(value)
+    for _, group in sorted(by_type.items(), key=lambda item: -len(item[1])):
+        try:
+            inferred = pa.array(group).type
+        except (pa.ArrowException, UnicodeEncodeError, ValueError, TypeError, OverflowError):
+            continue
+        if not pa.types.is_null(inferred):
+            return inferred
+    return pa.string()
+
+
 def jsonl_schema(files: Sequence[str], spec: InputSpec, sample_lines: int = 1000) -> pa.Schema:
     """Column types of a JSONL input, inferred from the first parseable lines (text is always string)."""
     samples: dict[str, list[Any]] = {column: [] for column in spec.columns}
     with FileSystems.open(files[0]) as raw:
-        for count, raw_line in enumerate(io.BufferedReader(raw, 1 << 20)):
+        for count, raw_line in enumerate(_lines(raw)):
             if count >= sample_lines:
                 break
             try:
@@ -252,9 +282,5 @@ def jsonl_schema(files: Sequence[str], spec: InputSpec, sample_lines: int = 1000
         if column == spec.text_column:
             fields.append(pa.field(column, pa.string()))
             continue
-        try:
-            inferred = pa.array(samples[column]).type if samples[column] else pa.string()
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            inferred = pa.string()
-        fields.append(pa.field(column, pa.string() if pa.types.is_null(inferred) else inferred))
+        fields.append(pa.field(column, _majority_type(samples[column])))
     return pa.schema(fields)

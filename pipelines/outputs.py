@@ -87,9 +87,17 @@ def dead_letter_json(failure: FailedElement, id_column: str, text_column: str) -
         "source": element.get(SOURCE_COLUMN),
         "position": element.get(POSITION_COLUMN),
     }
-    if isinstance(record["id"], (bytes, bytearray)) or not _json_scalar(record["id"]):
+    if not _json_scalar(record["id"]) or (isinstance(record["id"], str) and not _utf8(record["id"])):
         record["id"] = preview(record["id"])
     return json.dumps(record, ensure_ascii=False)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_scalar(value: Any) -> bool:

@@ -20,6 +20,7 @@ from apache_beam.pvalue import PCollection
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+from beam_m2v.encoder import plain_strings
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.embed_text import EmbedResult
@@ -73,6 +74,7 @@ class EmbedTablesDoFn(SharedModelDoFn):
         model = self.shared_model()
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
+        table = plain_strings(table)
         if self._text_column not in table.column_names:
             reason = f"missing column {self._text_column!r}; columns: {table.column_names}"
             for row in range(len(table)):
