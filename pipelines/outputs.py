@@ -14,6 +14,7 @@ or the new complete output, never a mix, and a crashed run leaves only its stagi
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -134,14 +135,34 @@ def read_manifest(output: str) -> dict[str, Any]:
 
 
 def publish(folders: RunFolders) -> None:
-    """Swap the finished staging folder in as the output (the previous output, if any, is removed)."""
-    retired = None
-    if os.path.exists(folders.final):
-        retired = f"{folders.staging}.retired"
-        os.rename(folders.final, retired)
+    """Swap the finished staging folder in as the output (the previous output, if any, is removed).
+
+    On Linux an existing output is exchanged with the staging folder in one ``renameat2``
+    (``RENAME_EXCHANGE``) call, so the output path always holds a complete run. Elsewhere
+    two renames are used, and between them the output path briefly does not exist.
+    """
+    if not os.path.exists(folders.final):
+        os.rename(folders.staging, folders.final)
+        return
+    if _exchange(folders.staging, folders.final):
+        shutil.rmtree(folders.staging, ignore_errors=True)  # now holds the previous output
+        return
+    retired = f"{folders.staging}.retired"
+    os.rename(folders.final, retired)
     os.rename(folders.staging, folders.final)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    return bool(result == 0)
 
 
 def discard(folders: RunFolders) -> None:
