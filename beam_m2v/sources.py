@@ -168,9 +168,18 @@ def _resolve_remote(source: str, hub: HubOptions) -> ModelFiles:
     remote_folder = source.rstrip("/")
     if source.endswith((".bin", ".safetensors")):
         remote_folder, name = remote_folder.rsplit("/", 1)
-        files = _files_beside(os.path.join(local, name), source, None)
-    else:
-        files = find_layout(local, source)
+    try:
+        if source.endswith((".bin", ".safetensors")):
+            files = _files_beside(os.path.join(local, name), source, None)
+        else:
+            files = find_layout(local, source)
+        if not os.path.isfile(files.tokenizer):
+            raise ModelLoadError(
+                files.tokenizer, "missing tokenizer: the model needs a tokenizer.json beside its matrix"
+            )
+    except ModelLoadError as error:
+        path = remote_folder + error.path[len(local) :] if error.path.startswith(local) else error.path
+        raise ModelLoadError(path, error.problem) from None
     return replace(files, remote=(remote_folder, local))
 
 

@@ -188,7 +188,8 @@ def write_snapshot(
         tuple(failures)
         | "AllFailures" >> beam.Flatten()
         | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
-        | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl")
+        # Beam 2.77's S3 writer rejects empty objects: on object stores, no failures means no shard.
+        | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl", skip_if_empty=folders.remote)
     )
 
 

@@ -24,7 +24,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
+from beam_m2v.remote_files import is_remote
 from beam_m2v.transforms.dead_letters import FailedElement, preview
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.inputs import POSITION_COLUMN, SOURCE_COLUMN
@@ -44,9 +47,14 @@ class RunFolders:
 
     @classmethod
     def new(cls, output: str) -> RunFolders:
-        """Fresh staging folder beside ``output``."""
-        final = os.path.abspath(output.rstrip("/"))
+        """Fresh staging folder (or, on object stores, prefix) beside ``output``."""
+        final = output.rstrip("/") if is_remote(output) else os.path.abspath(output.rstrip("/"))
         return cls(final=final, staging=f"{final}.staging-{uuid.uuid4().hex[:12]}")
+
+    @property
+    def remote(self) -> bool:
+        """Whether the output is on a remote filesystem (gs://, s3://...) rather than a local disk."""
+        return is_remote(self.final)
 
     @property
     def shard_prefix(self) -> str:
@@ -105,33 +113,44 @@ def _json_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def matching_paths(pattern: str) -> list[str]:
+    """Paths matching a pattern on any Beam filesystem (none when nothing matches)."""
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:
+        return []
+
+
 def count_output_rows(staging: str) -> tuple[int, int]:
     """(embedded rows in the Parquet shards, dead-letter lines) actually written in staging."""
-    embedded = sum(
-        pq.ParquetFile(os.path.join(staging, name)).metadata.num_rows
-        for name in os.listdir(staging)
-        if name.endswith(".parquet")
-    )
-    failed_dir = os.path.join(staging, FAILED_DIR)
+    embedded = 0
+    for path in matching_paths(f"{staging}/*.parquet"):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            embedded += pq.ParquetFile(handle).metadata.num_rows
     failed = 0
-    for name in os.listdir(failed_dir) if os.path.isdir(failed_dir) else []:
-        with open(os.path.join(failed_dir, name), "rb") as handle:
-            failed += sum(1 for line in handle if line.strip())
+    for path in matching_paths(f"{staging}/{FAILED_DIR}/*"):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            failed += sum(1 for line in iter(handle.readline, b"") if line.strip())
     return embedded, failed
 
 
 def write_manifest(staging: str, manifest: dict[str, Any]) -> None:
     """Write manifest.json into staging."""
-    with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    with FileSystems.create(f"{staging}/{MANIFEST_NAME}", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
 
 
 def read_manifest(output: str) -> dict[str, Any]:
     """The manifest of a published output."""
-    with open(os.path.join(output, MANIFEST_NAME), encoding="utf-8") as handle:
-        manifest: dict[str, Any] = json.load(handle)
+    with FileSystems.open(f"{output.rstrip('/')}/{MANIFEST_NAME}", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        manifest: dict[str, Any] = json.loads(f.read().decode("utf-8"))
     return manifest
+
+
+def has_manifest(output: str) -> bool:
+    """Whether ``output`` holds a finished run."""
+    return bool(FileSystems.exists(f"{output.rstrip('/')}/{MANIFEST_NAME}"))
 
 
 def publish(folders: RunFolders) -> None:
@@ -141,6 +160,9 @@ def publish(folders: RunFolders) -> None:
     (``RENAME_EXCHANGE``) call, so the output path always holds a complete run. Elsewhere
     two renames are used, and between them the output path briefly does not exist.
     """
+    if folders.remote:
+        _publish_remote(folders)
+        return
     if not os.path.exists(folders.final):
         os.rename(folders.staging, folders.final)
         return
@@ -165,6 +187,31 @@ def _exchange(first: str, second: str) -> bool:
     return bool(result == 0)
 
 
+def _publish_remote(folders: RunFolders) -> None:
+    """Object stores cannot rename a folder atomically: replace the objects, manifest.json last.
+
+    Readers treat an output as complete when its manifest exists; while a run publishes, the
+    previous manifest is deleted first and the new one written last.
+    """
+    old = matching_paths(f"{folders.final}/**")
+    old_manifest = [path for path in old if path.endswith("/" + MANIFEST_NAME)]
+    if old_manifest:
+        FileSystems.delete(old_manifest)
+    rest = [path for path in old if path not in old_manifest]
+    if rest:
+        FileSystems.delete(rest)
+    staged = matching_paths(f"{folders.staging}/**")
+    manifest = [path for path in staged if path.endswith("/" + MANIFEST_NAME)]
+    for batch in ([path for path in staged if path not in manifest], manifest):
+        if batch:
+            FileSystems.rename(batch, [folders.final + path[len(folders.staging) :] for path in batch])
+
+
 def discard(folders: RunFolders) -> None:
     """Remove a failed run's staging folder."""
+    if folders.remote:
+        staged = matching_paths(f"{folders.staging}/**")
+        if staged:
+            FileSystems.delete(staged)
+        return
     shutil.rmtree(folders.staging, ignore_errors=True)

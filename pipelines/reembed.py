@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import logging
 import os
 import sys
@@ -30,11 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics.metric import Metrics
 
 from beam_m2v.errors import ModelLoadError
+from beam_m2v.remote_files import is_remote
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
     Prepared,
@@ -54,6 +55,8 @@ from pipelines.outputs import (
     RunFolders,
     count_output_rows,
     discard,
+    has_manifest,
+    matching_paths,
     publish,
     read_manifest,
     write_manifest,
@@ -188,14 +191,15 @@ def _first_per_id(table: pa.Table, id_column: str) -> pa.Table:
 
 def previous_files(previous: str, id_column: str) -> list[str]:
     """The vector shards of a previous output, checked to carry what re-embedding needs."""
-    if not os.path.isfile(os.path.join(previous, MANIFEST_NAME)):
+    if not has_manifest(previous):
         raise InputError(
             f"--previous {previous!r} has no {MANIFEST_NAME}: it is not a finished output of beam-m2v embed/reembed"
         )
-    files = sorted(glob.glob(os.path.join(previous, "*.parquet")))
+    files = matching_paths(f"{previous.rstrip('/')}/*.parquet")
     if not files:
         raise InputError(f"--previous {previous!r} holds no Parquet shards (is it an output of beam-m2v embed?)")
-    schema = pq.read_schema(files[0])
+    with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        schema = pq.read_schema(handle)
     for column, wanted in ((id_column, None), (HASH_COLUMN, HASH_TYPE), (EMBEDDING_COLUMN, None)):
         if column not in schema.names or (wanted is not None and schema.field(column).type != wanted):
             found = ", ".join(f"{field.name}: {field.type}" for field in schema)
@@ -308,7 +312,7 @@ def finish_manifest(
         "input": prepared.input.pattern,
         "input_format": prepared.input.format,
         "input_files": prepared.files,
-        "previous": os.path.abspath(previous),
+        "previous": previous if is_remote(previous) else os.path.abspath(previous),
         "reused_previous_vectors": reuse,
         "rows": {"read": rows_read, "embedded": embedded, "failed": failed, **counts, "upserts": upserts},
         **prepared.model_facts,
@@ -321,7 +325,12 @@ def finish_manifest(
 
 
 def _rows_in(pattern: str) -> int:
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in glob.glob(pattern))
+    """Rows of the Parquet files matching ``pattern`` (on any Beam filesystem)."""
+    total = 0
+    for path in matching_paths(pattern):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
 def summary_line(manifest: dict[str, Any]) -> str:
