@@ -1,0 +1,118 @@
+"""Benchmark of the Beam transforms: EmbedText (elements) and EmbedTables (Arrow) vs bare encode.
+
+Runs, in one invocation and interleaved over ``--repeats`` rounds, on the shared corpus:
+
+* ``load_model().encode`` over all texts, in this process (the reference);
+* ``EmbedText`` on FnApiRunner over a PCollection of ``str`` (BatchElements, batches of 1024);
+* ``EmbedTables`` on FnApiRunner over the Parquet row groups as ``pyarrow.Table``s.
+
+Each pipeline counts its outputs in a Beam metric; wall time includes pipeline construction
+and the runner's start-up, but not reading the corpus into the launcher.
+
+    python bench/transforms.py [--quick] [--repeats 3] [--model PATH] [--corpus PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import beam_m2v
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+class CountVectors(beam.DoFn):
+    """Count embedded rows (tables or elements) in a metric, so nothing is materialised."""
+
+    def __init__(self, tables: bool) -> None:
+        self._tables = tables
+
+    def setup(self):
+        self._rows = Metrics.counter("bench", "rows")
+
+    def process(self, element):
+        self._rows.inc(len(element) if self._tables else 1)
+
+
+def run_pipeline(build, expected: int) -> float:
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    rows = sum(c.committed for c in result.metrics().query(MetricsFilter().with_name("rows"))["counters"])
+    if rows != expected:
+        raise SystemExit(f"pipeline produced {rows} rows, expected {expected}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default=str(SHARED / "corpora" / "linux-doc-6.1-paragraphs.parquet"))
+    parser.add_argument("--model", default=str(SHARED / "models" / "m2v-minilm-256"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="first 20,000 texts, 1 repeat")
+    args = parser.parse_args()
+    table = pq.read_table(args.corpus, columns=["id", "text"])
+    if args.quick:
+        table, args.repeats = table.slice(0, 20_000), 1
+    texts = table.column("text").to_pylist()
+    batches = table.to_batches(max_chunksize=50_000)
+    model = beam_m2v.load_model(args.model)
+    model.encode(texts[:2000])  # warm-up
+
+    def encode() -> float:
+        started = time.perf_counter()
+        model.encode(texts)
+        return time.perf_counter() - started
+
+    def embed_text() -> float:
+        return run_pipeline(
+            lambda p: (
+                (p | beam.Create(texts, reshuffle=False) | beam_m2v.EmbedText(args.model)).embedded
+                | beam.ParDo(CountVectors(tables=False))
+            ),
+            len(texts),
+        )
+
+    def embed_tables() -> float:
+        return run_pipeline(
+            lambda p: (
+                (p | beam.Create(batches, reshuffle=False) | beam_m2v.EmbedTables(args.model)).embedded
+                | beam.ParDo(CountVectors(tables=True))
+            ),
+            len(texts),
+        )
+
+    contenders = {
+        "load_model().encode (in process)": encode,
+        "EmbedText, elements (FnApiRunner)": embed_text,
+        "EmbedTables, Arrow tables (FnApiRunner)": embed_tables,
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for repeat in range(args.repeats):
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
+        for name in order:
+            times[name].append(contenders[name]())
+        print(f"repeat {repeat + 1}/{args.repeats}: " + "  ".join(f"{times[n][-1]:.2f}s" for n in names))
+    reference = statistics.median(times[names[0]])
+    print(f"\n{len(texts):,} texts, model {args.model}, median of {args.repeats}")
+    print(f"{'contender':44} {'median s':>9} {'texts/s':>9} {'vs encode':>10}")
+    for name in names:
+        median = statistics.median(times[name])
+        print(f"{name:44} {median:9.2f} {len(texts) / median:9,.0f} {reference / median:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
