@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,24 @@ def private_model_copy(model_dir: Path, tmp_path: Path) -> str:
     return str(target)
 
 
+def vector_digest(vector: Any) -> bytes:
+    """A short digest of a float32 vector's exact bytes: equal digests mean bit-identical vectors."""
+    return hashlib.blake2b(np.ascontiguousarray(vector, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+
 def vectors_match(expected: dict[str, np.ndarray]) -> Any:
-    """A matcher for (text, vector) pairs: every text present once with exactly its expected vector."""
+    """A matcher for (text, vector) pairs: every text present once with exactly its expected vector.
+
+    The matcher is pickled into the pipeline (and compressed by Beam), so it carries digests
+    of the expected vectors rather than the vectors themselves.
+    """
+    digests = {text: vector_digest(vector) for text, vector in expected.items()}
 
     def check(actual: list[tuple[str, Any]]) -> None:
-        if sorted(text for text, _ in actual) != sorted(expected):
-            raise BeamAssertException(f"texts differ: {len(actual)} out, {len(expected)} expected")
+        if sorted(text for text, _ in actual) != sorted(digests):
+            raise BeamAssertException(f"texts differ: {len(actual)} out, {len(digests)} expected")
         for text, vector in actual:
-            if not np.array_equal(np.asarray(vector, dtype=np.float32), expected[text]):
+            if vector_digest(vector) != digests[text]:
                 raise BeamAssertException(f"vector differs for {text[:60]!r}")
 
     return check
