@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +63,59 @@ def vectors_match(expected: dict[str, np.ndarray]) -> Any:
                 raise BeamAssertException(f"vector differs for {text[:60]!r}")
 
     return check
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 120) -> None:
+    """Wait until ``process`` listens on ``port`` on loopback; fail the test if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def beam_worker_pool(
+    *,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    container_executable: str | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> Iterator[str]:
+    """A Beam Python worker pool on loopback for ``--environment_type=EXTERNAL``; yields its address.
+
+    Each SDK worker it starts is a separate process. Without ``container_executable`` the pool
+    starts workers as ``python -c ...`` from PATH, so ``python``'s folder goes first on PATH.
+    """
+    port = free_port()
+    command = [python, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"]
+    if container_executable:
+        command.append(f"--container_executable={container_executable}")
+    environment = dict(os.environ if env is None else env)
+    environment["PATH"] = os.path.dirname(python) + os.pathsep + environment.get("PATH", "")
+    with open(log if log is not None else os.devnull, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment, cwd=cwd)
+    try:
+        wait_for_port(port, process, "worker pool")
+        yield f"localhost:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)  # the pool stops the SDK workers it started on the way out
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -15,12 +15,9 @@ import importlib.metadata
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +30,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import beam_m2v
+from tests.beam_helpers import beam_worker_pool
 from tests.conftest import REPO
 
 try:
@@ -239,12 +237,6 @@ def test_dockerfile_model_build_arg_points_the_env_var_at_the_baked_model():
 # -- the wheel alone, in a clean venv (slow: installs apache-beam from the index) ---------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def clean_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new venv (no system site-packages) with only the wheel and its dependencies."""
@@ -264,30 +256,9 @@ def clean_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def clean_worker_pool(clean_venv: Path, tmp_path: Path) -> Iterator[str]:
     """A worker pool whose SDK worker processes run the clean venv's Python, outside the repository."""
-    port = free_port()
     bin_dir = str(clean_venv / "bin")
-    process = subprocess.Popen(
-        [f"{bin_dir}/python", "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**clean_env(), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")},
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "worker pool did not start"
-            time.sleep(0.2)
-    yield f"localhost:{port}"
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with beam_worker_pool(python=f"{bin_dir}/python", env=clean_env(), cwd=tmp_path) as address:
+        yield address
 
 
 def clean_env() -> dict[str, str]:

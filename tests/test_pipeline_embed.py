@@ -12,10 +12,8 @@ import itertools
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import pytest
 
 import beam_m2v
 from pipelines.embed import run
+from tests.beam_helpers import beam_worker_pool
 from tests.conftest import CORPUS_JSONL, CORPUS_PARQUET, REPO
 
 IGNORED = ["failed", "manifest", ".", "_"]
@@ -221,12 +220,6 @@ def parquet_run(
     return out, succeeded(process)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A Beam Python worker pool for ``--environment_type=EXTERNAL``; its SDK workers use this interpreter.
@@ -234,28 +227,8 @@ def worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Any:
     Yields ``(address, log file)``; the pool's output goes to the log, for diagnosing a failed run.
     """
     log = tmp_path_factory.mktemp("worker-pool") / "pool.log"
-    port = _free_port()
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=subprocess_env(),
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    time.sleep(0.5)
-    if process.poll() is not None or time.monotonic() >= deadline:  # not ours listening there, or nothing
-        process.kill()
-        pytest.fail(f"worker pool did not start:\n{log.read_text(errors='replace')[-3000:]}")
-    yield f"localhost:{port}", log
-    process.kill()
-    process.wait()
+    with beam_worker_pool(env=subprocess_env(), log=log) as address:
+        yield address, log
 
 
 # -- Parquet and JSONL inputs --------------------------------------------------------------------

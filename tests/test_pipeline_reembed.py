@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import beam_m2v
 from pipelines import embed, reembed
 from pipelines.content_hash import HASH_COLUMN
 from pipelines.outputs import read_manifest
+from tests.beam_helpers import beam_worker_pool
 from tests.conftest import CORPUS_JSONL, CORPUS_PARQUET, REPO
 
 CONSOLE = str(Path(sys.executable).parent / "beam-m2v")
@@ -604,37 +603,11 @@ def test_previous_error_from_python_module(scenario: Scenario, tmp_path: Path) -
 # PortableRunner with an EXTERNAL worker pool
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def worker_pool() -> Iterator[str]:
     """A Beam Python worker pool on loopback; each SDK worker it starts is a separate process."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-        # The pool starts each SDK worker as `python -c ...`: it must be this interpreter.
-        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("worker pool did not start")
-    yield f"localhost:{port}"
-    process.kill()
-    process.wait()
+    with beam_worker_pool(cwd=REPO) as address:
+        yield address
 
 
 def test_portable_runner_gives_the_same_snapshot(scenario: Scenario, worker_pool: str, tmp_path: Path) -> None:

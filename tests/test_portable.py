@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -15,39 +9,14 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.util import assert_that, equal_to
 
 import beam_m2v
-from tests.beam_helpers import counter, private_model_copy, vectors_match
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.beam_helpers import beam_worker_pool, counter, private_model_copy, vectors_match
 
 
 @pytest.fixture(scope="module")
 def worker_pool():
     """A Beam Python worker pool on loopback: each SDK worker it starts is a separate process."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # The pool starts each SDK worker as `python -c ...`: it must be this interpreter.
-        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("worker pool did not start")
-    yield f"localhost:{port}"
-    process.kill()
-    process.wait()
+    with beam_worker_pool() as address:
+        yield address
 
 
 def portable_pipeline(worker_pool: str, *extra: str) -> beam.Pipeline:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import beam_m2v
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.matrix_files import map_safetensors
 from pipelines import embed
+from tests.beam_helpers import beam_worker_pool, free_port, wait_for_port
 from tests.conftest import MODEL_64, MODEL_256, REPO
 
 BUCKET = "beam-m2v-models"
@@ -43,26 +43,6 @@ KEY_ID = "testing-key"
 SECRET = "testing-secret"
 SAMPLE = REPO / "samples" / "linux-doc-sample.parquet"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[Any], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited with code {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"{what} did not start")
 
 
 def sha256_of(path: Path) -> str:
@@ -358,29 +338,10 @@ def worker_pool(worker_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
     boot = tmp_path_factory.mktemp("boot") / "boot"
     boot.write_text(f"#!{sys.executable}\n{BOOT}")
     boot.chmod(0o755)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "apache_beam.runners.worker.worker_pool_main",
-            f"--service_port={port}",
-            f"--container_executable={boot}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "BEAM_M2V_CACHE": str(worker_cache)},
-    )
-    try:
-        wait_for_port(port, process, "worker pool")
-        yield f"localhost:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)  # the pool stops the SDK workers it started on the way out
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with beam_worker_pool(
+        env={**os.environ, "BEAM_M2V_CACHE": str(worker_cache)}, container_executable=str(boot)
+    ) as address:
+        yield address
 
 
 def portable_options(worker_pool: str) -> list[str]:
