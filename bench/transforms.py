@@ -4,7 +4,9 @@ Runs, in one invocation and interleaved over ``--repeats`` rounds, on the shared
 
 * ``load_model().encode`` over all texts, in this process (the reference);
 * ``EmbedText`` on FnApiRunner over a PCollection of ``str`` (BatchElements, batches of 1024);
-* ``EmbedTables`` on FnApiRunner over the Parquet row groups as ``pyarrow.Table``s.
+* ``EmbedTables`` on FnApiRunner over the Parquet row groups as ``pyarrow.Table``s;
+* the alternative EmbedText did not choose: a batched DoFn (``process_batch`` on lists of str,
+  batches made by Beam) encoding the same texts, to compare with BatchElements.
 
 Each pipeline counts its outputs in a Beam metric; wall time includes pipeline construction
 and the runner's start-up, but not reading the corpus into the launcher.
@@ -12,11 +14,12 @@ and the runner's start-up, but not reading the corpus into the launcher.
     python bench/transforms.py [--quick] [--repeats 3] [--model PATH] [--corpus PATH]
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Beam reads process_batch type hints at run time.
 
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import apache_beam as beam
@@ -41,6 +44,27 @@ class CountVectors(beam.DoFn):
 
     def process(self, element):
         self._rows.inc(len(element) if self._tables else 1)
+
+
+class EncodeWithProcessBatch(beam.DoFn):
+    """The alternative to BatchElements: a batched DoFn (Beam builds the batches, at most 4096)."""
+
+    def __init__(self, model: str) -> None:
+        self._model_path = model
+
+    def setup(self):
+        self._model = beam_m2v.load_model(self._model_path)
+        self._rows = Metrics.counter("bench", "rows")
+
+    def process_batch(self, batch: list[str]) -> Iterator[list[int]]:
+        self._model.encode(batch)
+        self._rows.inc(len(batch))
+        yield [0] * len(batch)
+
+    def process(self, element: str) -> Iterator[int]:
+        self._model.encode([element])
+        self._rows.inc()
+        yield 0
 
 
 def run_pipeline(build, expected: int) -> float:
@@ -94,9 +118,20 @@ def main() -> None:
             len(texts),
         )
 
+    def process_batch() -> float:
+        return run_pipeline(
+            lambda p: (
+                p
+                | beam.Create(texts, reshuffle=False).with_output_types(str)
+                | beam.ParDo(EncodeWithProcessBatch(args.model)).with_input_types(str)
+            ),
+            len(texts),
+        )
+
     contenders = {
         "load_model().encode (in process)": encode,
         "EmbedText, elements (FnApiRunner)": embed_text,
+        "batched DoFn, process_batch (FnApiRunner)": process_batch,
         "EmbedTables, Arrow tables (FnApiRunner)": embed_tables,
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
