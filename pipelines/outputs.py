@@ -141,16 +141,21 @@ def write_manifest(staging: str, manifest: dict[str, Any]) -> None:
         handle.write(data)
 
 
-def read_manifest(output: str) -> dict[str, Any]:
+def manifest_path(output: str | os.PathLike[str]) -> str:
+    """Where the manifest of an output (a local path or a URL) is."""
+    return f"{os.fspath(output).rstrip('/')}/{MANIFEST_NAME}"
+
+
+def read_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a published output."""
-    with FileSystems.open(f"{output.rstrip('/')}/{MANIFEST_NAME}", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with FileSystems.open(manifest_path(output), compression_type=CompressionTypes.UNCOMPRESSED) as f:
         manifest: dict[str, Any] = json.loads(f.read().decode("utf-8"))
     return manifest
 
 
-def has_manifest(output: str) -> bool:
+def has_manifest(output: str | os.PathLike[str]) -> bool:
     """Whether ``output`` holds a finished run."""
-    return bool(FileSystems.exists(f"{output.rstrip('/')}/{MANIFEST_NAME}"))
+    return bool(FileSystems.exists(manifest_path(output)))
 
 
 def publish(folders: RunFolders) -> None:
