@@ -14,7 +14,7 @@ import argparse
 import datetime
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,16 +272,26 @@ def summary_line(manifest: dict[str, Any]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: clear one-line errors for bad input or models, exit code 2."""
+def console_main(
+    command: str,
+    run_pipeline: Callable[[Sequence[str] | None], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+    argv: Sequence[str] | None,
+) -> int:
+    """Run a pipeline program; bad input or models give a one-line error and exit code 2."""
     configure_logging()
     try:
-        manifest = run(argv)
-    except (InputError, ModelLoadError) as error:
-        print(f"beam-m2v embed: error: {error}", file=sys.stderr)
+        manifest = run_pipeline(argv)
+    except (InputError, ModelLoadError, FileNotFoundError) as error:
+        print(f"beam-m2v {command}: error: {error}", file=sys.stderr)
         return 2
-    print(summary_line(manifest))
+    print(summary(manifest))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``beam-m2v embed``."""
+    return console_main("embed", run, summary_line, argv)
 
 
 def configure_logging() -> None:

@@ -34,13 +34,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics.metric import Metrics
 
-from beam_m2v.errors import ModelLoadError
 from beam_m2v.remote_files import is_remote
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
     Prepared,
     add_input_arguments,
-    configure_logging,
+    console_main,
     counter_total,
     embed_tables,
     pipeline_options,
@@ -344,15 +343,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
-    configure_logging()
-    try:
-        manifest = run(argv)
-    except (InputError, ModelLoadError, FileNotFoundError) as error:
-        print(f"beam-m2v reembed: error: {error}", file=sys.stderr)
-        return 2
-    print(summary_line(manifest))
-    return 0
+    """Console entry point of ``beam-m2v reembed``."""
+    return console_main("reembed", run, summary_line, argv)
 
 
 if __name__ == "__main__":
