@@ -217,17 +217,36 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, folders.final)
+    manifest = run_and_publish(
+        options,
+        folders,
+        lambda pipeline: build_pipeline(pipeline, prepared, folders),
+        lambda result: finish_manifest(prepared, folders, result, started),
+    )
+    logger.info(summary_line(manifest))
+    return manifest
+
+
+def run_and_publish(
+    options: PipelineOptions,
+    folders: RunFolders,
+    build: Callable[[beam.Pipeline], None],
+    finish: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """Build and run a pipeline into the staging folder, write its manifest, then publish it.
+
+    Any failure, the row-accounting check included, removes the staging folder instead.
+    """
     try:
         pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, prepared, folders)
+        build(pipeline)
         result = pipeline.run()
         result.wait_until_finish()
-        manifest = finish_manifest(prepared, folders, result, started)
+        manifest = finish(result)
     except BaseException:
         discard(folders)
         raise
     publish(folders)
-    logger.info(summary_line(manifest))
     return manifest
 
 
@@ -239,8 +258,19 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
-def finish_manifest(prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime) -> dict[str, Any]:
-    """Count what was written, check that every row is accounted for, and write the manifest."""
+def finish_manifest(
+    prepared: Prepared,
+    folders: RunFolders,
+    result: Any,
+    started: datetime.datetime,
+    *,
+    extra_rows: dict[str, int] | None = None,
+    extra_fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Count what was written, check that every row is accounted for, and write the manifest.
+
+    ``extra_rows`` / ``extra_fields`` add a program's own counts and facts (``reembed``'s).
+    """
     embedded, failed = count_output_rows(folders.staging)
     rows_read = counter_total(result, "rows_read")
     if rows_read != embedded + failed:
@@ -252,7 +282,8 @@ def finish_manifest(prepared: Prepared, folders: RunFolders, result: Any, starte
         "input": prepared.input.pattern,
         "input_format": prepared.input.format,
         "input_files": prepared.files,
-        "rows": {"read": rows_read, "embedded": embedded, "failed": failed},
+        **(extra_fields or {}),
+        "rows": {"read": rows_read, "embedded": embedded, "failed": failed, **(extra_rows or {})},
         **prepared.model_facts,
         "started": started.isoformat(),
         "ended": ended.isoformat(),

@@ -45,20 +45,18 @@ from pipelines.embed import (
     pipeline_options,
     prepare,
     read_corpus,
+    run_and_publish,
     write_snapshot,
 )
+from pipelines.embed import finish_manifest as embed_manifest
 from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
 from pipelines.outputs import (
     EMBEDDING_COLUMN,
     MANIFEST_NAME,
     RunFolders,
-    count_output_rows,
-    discard,
     has_manifest,
     matching_paths,
-    publish,
     read_manifest,
-    write_manifest,
 )
 
 logger = logging.getLogger("beam_m2v.reembed")
@@ -278,16 +276,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info("the model or its settings changed since the previous run: re-embedding every row")
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
-    try:
-        pipeline = beam.Pipeline(options=options)
-        build_pipeline(pipeline, prepared, folders, previous, reuse)
-        result = pipeline.run()
-        result.wait_until_finish()
-        manifest = finish_manifest(prepared, folders, result, started, args.previous, reuse)
-    except BaseException:
-        discard(folders)
-        raise
-    publish(folders)
+    manifest = run_and_publish(
+        options,
+        folders,
+        lambda pipeline: build_pipeline(pipeline, prepared, folders, previous, reuse),
+        lambda result: finish_manifest(prepared, folders, result, started, args.previous, reuse),
+    )
     logger.info(summary_line(manifest))
     return manifest
 
@@ -295,32 +289,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def finish_manifest(
     prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime, previous: str, reuse: bool
 ) -> dict[str, Any]:
-    """Count what was written and changed, check every row is accounted for, write the manifest."""
-    embedded, failed = count_output_rows(folders.staging)
-    rows_read = counter_total(result, "rows_read")
-    if rows_read != embedded + failed:
-        raise RuntimeError(
-            f"row accounting mismatch: read {rows_read} rows but wrote {embedded} vectors and {failed} dead letters"
-        )
+    """The embed manifest plus what changed: new, changed, unchanged, deleted, encoded, upserts."""
     counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
     counts["encoded"] = counter_total(result, "texts_embedded")  # texts that went through the model this run
     counts["previous_read"] = counter_total(result, "previous_rows_read")
-    upserts = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
-    ended = datetime.datetime.now(datetime.timezone.utc)
-    manifest = {
-        "input": prepared.input.pattern,
-        "input_format": prepared.input.format,
-        "input_files": prepared.files,
+    counts["upserts"] = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
+    facts = {
         "previous": previous if is_remote(previous) else os.path.abspath(previous),
         "reused_previous_vectors": reuse,
-        "rows": {"read": rows_read, "embedded": embedded, "failed": failed, **counts, "upserts": upserts},
-        **prepared.model_facts,
-        "started": started.isoformat(),
-        "ended": ended.isoformat(),
-        "seconds": round((ended - started).total_seconds(), 3),
     }
-    write_manifest(folders.staging, manifest)
-    return manifest
+    return embed_manifest(prepared, folders, result, started, extra_rows=counts, extra_fields=facts)
 
 
 def _rows_in(pattern: str) -> int:
