@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import tokenizers  # noqa: E402
+from proc_memory import mapping_pss, smaps_rollup  # noqa: E402  (bench/ is on sys.path as a script)
 from tokenizers import Tokenizer  # noqa: E402
 
 import beam_m2v  # noqa: E402
@@ -434,30 +435,6 @@ step("touched")
 STEPS = ("imported", "loaded", "touched")
 
 
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """Rss and Pss of a process, in bytes."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-        for text in handle:
-            key, _, rest = text.partition(":")
-            if key in ("Rss", "Pss"):
-                values[key.lower()] = int(rest.split()[0]) * 1024
-    return values
-
-
-def mapped_pss(pid: int, path: str) -> int:
-    """Pss, in bytes, of the mappings of file ``path`` in process ``pid``."""
-    total, inside = 0, False
-    with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as handle:
-        for text in handle:
-            fields = text.split()
-            if fields and "-" in fields[0] and ":" not in fields[0]:
-                inside = text.rstrip("\n").endswith(path)
-            elif inside and fields and fields[0] == "Pss:":
-                total += int(fields[1]) * 1024
-    return total
-
-
 def child_states(kind: str, model: Path, count: int, matrix_path: str) -> list[dict[str, dict[str, int]]]:
     """Start ``count`` processes that load the model; measure all of them after each step, in lockstep."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -483,7 +460,7 @@ def child_states(kind: str, model: Path, count: int, matrix_path: str) -> list[d
                     if text.strip() == "@" + step:
                         break
             for child, state in zip(children, states, strict=True):
-                state[step] = {**smaps_rollup(child.pid), "matrix_pss": mapped_pss(child.pid, matrix_path)}
+                state[step] = {**smaps_rollup(child.pid), "matrix_pss": mapping_pss(child.pid, matrix_path)}
             for child in children:
                 assert child.stdin is not None
                 child.stdin.write("go\n")
