@@ -18,16 +18,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from beam_m2v.errors import InvalidTextError
+from beam_m2v.piece_tokenization import piece_token_ids
 from beam_m2v.pooling import VocabularyMatrix, mean_pool, seed_pool
 from beam_m2v.sources import ModelFiles, content_fingerprint
 from beam_m2v.text_checks import first_invalid_text
-from beam_m2v.tokenization import PreparedTokenizer, TokenIds, flatten_ids, keep_ids, truncate_ids
+from beam_m2v.token_ids import TokenIds, flatten_ids, keep_ids, truncate_ids
+from beam_m2v.tokenization import PreparedTokenizer
 
 #: Texts per tokenizer call; a batch this size keeps both cores busy and the ids small.
 CHUNK_SIZE = 1024
+
+#: Texts per slice on the piece-by-piece path: large enough that most of a slice's words repeat.
+PIECE_SLICE = 8192
 
 
 class Semantics(str, enum.Enum):
@@ -121,6 +127,28 @@ class StaticEmbedder:
 
     def token_ids(self, texts: Sequence[str]) -> TokenIds:
         """The ids each text contributes to its vector, after every rule of the semantics."""
+        if self._prepared.by_piece:
+            return self._array_token_ids(arrow_texts(texts))
+        return self._apply_rules(self._ids_text_by_text(texts))
+
+    def _array_token_ids(self, texts: pa.Array) -> TokenIds:
+        """``token_ids`` of an Arrow string array without nulls, piece by piece when the tokenizer allows."""
+        if not self._prepared.by_piece:
+            return self._apply_rules(self._ids_text_by_text(texts.to_pylist()))
+        limit = self._char_limit
+        if limit is not None and len(texts) and pc.max(pc.binary_length(texts)).as_py() > limit:
+            # A text of at most ``limit`` bytes has at most ``limit`` characters: most batches skip the cut.
+            texts = pc.utf8_slice_codeunits(texts, 0, limit)
+        try:
+            raw = piece_token_ids(self._tokenizer, texts)
+        except Exception:
+            if self.settings.semantics is not Semantics.SEED:
+                raise
+            raw = self._ids_text_by_text(texts.to_pylist())
+        return self._apply_rules(raw)
+
+    def _ids_text_by_text(self, texts: Sequence[str]) -> TokenIds:
+        """Every id the tokenizer gives each text (after model2vec's character cut), one text at a time."""
         if self._char_limit is not None:
             limit = self._char_limit
             texts = [text[:limit] if isinstance(text, str) and len(text) > limit else text for text in texts]
@@ -134,14 +162,16 @@ class StaticEmbedder:
                 raise
             # The seed gives a text the tokenizer fails on a zero vector: find which ones, one by one.
             id_lists = [self._seed_ids_or_none(text) for text in texts]
+        multiple = self._prepared.pad_to_multiple_of
+        if self.settings.semantics is Semantics.SEED and multiple is not None:
+            size, pad_id = multiple
+            id_lists = [ids + [pad_id] * (-len(ids) % size) for ids in id_lists]
+        return flatten_ids(id_lists)
+
+    def _apply_rules(self, token_ids: TokenIds) -> TokenIds:
+        """Drop what the semantics drops: ids past the matrix (seed); beyond max_length, then unknown (model2vec)."""
         if self.settings.semantics is Semantics.SEED:
-            multiple = self._prepared.pad_to_multiple_of
-            if multiple is not None:
-                size, pad_id = multiple
-                id_lists = [ids + [pad_id] * (-len(ids) % size) for ids in id_lists]
-            token_ids = flatten_ids(id_lists)
             return keep_ids(token_ids, token_ids.ids < self.matrix.rows)
-        token_ids = flatten_ids(id_lists)
         if self.settings.max_length is not None:
             token_ids = truncate_ids(token_ids, self.settings.max_length)
         if self._unknown_id is not None:
@@ -157,7 +187,10 @@ class StaticEmbedder:
 
     def _encode_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """Vectors of one chunk and the number of tokens pooled."""
-        token_ids = self.token_ids(texts)
+        return self._pool(self.token_ids(texts))
+
+    def _pool(self, token_ids: TokenIds) -> tuple[np.ndarray, int]:
+        """Vectors of pooled ids and the number of tokens pooled."""
         if self.settings.semantics is Semantics.SEED:
             vectors = seed_pool(self.matrix, token_ids, normalize=self.settings.normalize)
         else:
@@ -176,6 +209,8 @@ class StaticEmbedder:
         """Like ``encode``, also returning how many tokens were pooled (for metrics)."""
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of texts, not one str")
+        if self._prepared.by_piece:
+            return self._encode_array(arrow_texts(texts))
         n = len(texts)
         if n <= CHUNK_SIZE:
             if n == 0:
@@ -194,6 +229,22 @@ class StaticEmbedder:
         out[start : start + len(vectors)] = vectors
         return tokens
 
+    def _encode_array(self, texts: pa.Array) -> tuple[np.ndarray, int]:
+        """Vectors of an Arrow string array without nulls, slices of ``PIECE_SLICE`` texts on the shared pool."""
+        n = len(texts)
+        if n <= PIECE_SLICE:
+            if n == 0:
+                return np.zeros((0, self.dim), dtype=np.float32), 0
+            return self._pool(self._array_token_ids(texts))
+        vectors = np.empty((n, self.dim), dtype=np.float32)
+
+        def encode_slice(start: int) -> int:
+            slice_vectors, tokens = self._pool(self._array_token_ids(texts.slice(start, PIECE_SLICE)))
+            vectors[start : start + len(slice_vectors)] = slice_vectors
+            return tokens
+
+        return vectors, sum(_executor().map(encode_slice, range(0, n, PIECE_SLICE)))
+
     def encode_arrow(self, texts: pa.Array | pa.ChunkedArray) -> pa.FixedSizeListArray:
         """Embed an Arrow string / large_string array (or chunked array) to ``fixed_size_list<float32>[dim]``.
 
@@ -209,8 +260,11 @@ class StaticEmbedder:
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
             raise TypeError(f"encode_arrow takes a string or large_string array, got {texts.type}")
         valid = texts.is_valid().to_numpy(zero_copy_only=False)
-        strings = texts.drop_null().to_pylist() if texts.null_count else texts.to_pylist()
-        present, tokens = self.encode_with_stats(strings)
+        present_texts = texts.drop_null() if texts.null_count else texts
+        if self._prepared.by_piece:
+            present, tokens = self._encode_array(present_texts)
+        else:
+            present, tokens = self.encode_with_stats(present_texts.to_pylist())
         if texts.null_count:
             vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
             vectors[valid] = present
@@ -218,6 +272,19 @@ class StaticEmbedder:
         else:
             vectors, mask = present, None
         return vector_array(vectors, mask), tokens
+
+
+def arrow_texts(texts: Sequence[object]) -> pa.Array:
+    """``texts`` as an Arrow large_string array; InvalidTextError (with the position) for a value that is not text."""
+    if all(type(text) is str for text in texts):
+        try:
+            return pa.array(texts, type=pa.large_string())
+        except (pa.ArrowException, UnicodeError):
+            pass
+    invalid = first_invalid_text(texts)
+    if invalid is not None:
+        raise invalid
+    return pa.array([str(text) for text in texts], type=pa.large_string())
 
 
 def plain_string_type(arrow_type: pa.DataType) -> pa.DataType:

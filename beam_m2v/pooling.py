@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from beam_m2v.tokenization import TokenIds
+from beam_m2v.token_ids import TokenIds
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,17 @@ class VocabularyMatrix:
             rows = rows * self.weights.take(ids)[:, None]
         return rows
 
+    def gather_into(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``gather(ids)``, written into ``out`` (len(ids) x dim, the rows' dtype) when no weights apply.
+
+        ``ids`` must be valid row ids: they are not bounds-checked here.
+        """
+        if self.weights is not None:
+            return self.gather(ids)
+        if self.mapping is not None:
+            ids = self.mapping.take(ids)
+        return np.take(self.embeddings, ids, axis=0, out=out, mode="clip")
+
 
 def _accumulator(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """The dtype numpy's ``mean`` accumulates ``dtype`` values in."""
@@ -69,13 +80,18 @@ def _accumulator(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(dtype)
 
 
+#: Texts summed together: their running sums (512 x dim floats) stay in the CPU cache between steps.
+SUM_BLOCK = 512
+
+
 def sum_rows(matrix: VocabularyMatrix, token_ids: TokenIds) -> tuple[np.ndarray, np.ndarray]:
     """Sum each text's rows strictly left to right; returns (sums, counts), empty texts summing to zero.
 
     numpy's pairwise summation (``reduceat``, ``sum`` along a contiguous axis) would round
-    differently from model2vec. Instead texts are ordered by length and the ``j``-th row of
-    every text still that long is added in one vectorised step, for ``j = 0, 1, ...``: each
-    text's sum is built in token order, as in the reference.
+    differently from model2vec. Instead texts are ordered by length and taken in blocks of
+    ``SUM_BLOCK``; in a block the ``j``-th row of every text still that long is added in one
+    vectorised step, for ``j = 0, 1, ...``: each text's sum is built in token order, as in the
+    reference, while the block's sums stay in cache.
     """
     counts = token_ids.lengths
     n = counts.size
@@ -83,16 +99,26 @@ def sum_rows(matrix: VocabularyMatrix, token_ids: TokenIds) -> tuple[np.ndarray,
     sums = np.zeros((n, matrix.dim), dtype=_accumulator(row_dtype))
     if n == 0 or token_ids.ids.size == 0:
         return sums, counts
+    if int(token_ids.ids.max()) >= matrix.rows or int(token_ids.ids.min()) < 0:
+        raise IndexError(f"token id outside the matrix's {matrix.rows} rows")
     order = np.argsort(-counts, kind="stable")
     sorted_counts = counts[order]
     starts = token_ids.offsets[:-1][order]
-    # still_active[j]: how many texts (a prefix of ``order``) have more than j ids.
-    still_active = np.searchsorted(-sorted_counts, -np.arange(int(sorted_counts[0])), side="left")
-    ordered = np.zeros_like(sums)
-    for position, active in enumerate(still_active.tolist()):
-        rows = matrix.gather(token_ids.ids[starts[:active] + position])
-        np.add(ordered[:active], rows, out=ordered[:active], casting="unsafe")
-    sums[order] = ordered
+    block_sums = np.empty((min(SUM_BLOCK, n), matrix.dim), dtype=sums.dtype)
+    rows = np.empty((min(SUM_BLOCK, n), matrix.dim), dtype=row_dtype)
+    for first in range(0, n, SUM_BLOCK):
+        block_counts = sorted_counts[first : first + SUM_BLOCK]
+        if block_counts[0] == 0:
+            break
+        block_starts = starts[first : first + SUM_BLOCK]
+        block = block_sums[: block_counts.size]
+        block.fill(0)
+        # still_active[j]: how many texts of the block (a prefix, by length) have more than j ids.
+        still_active = np.searchsorted(-block_counts, -np.arange(int(block_counts[0])), side="left")
+        for position, active in enumerate(still_active.tolist()):
+            ids = token_ids.ids[block_starts[:active] + position]
+            np.add(block[:active], matrix.gather_into(ids, rows[:active]), out=block[:active], casting="unsafe")
+        sums[order[first : first + block_counts.size]] = block
     return sums, counts
 
 

@@ -8,12 +8,13 @@ share one.
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from beam_m2v.piece_tokenization import splits_into_independent_pieces
 
 
 def unknown_token_id(tokenizer: Tokenizer) -> int | None:
@@ -76,54 +77,23 @@ class PreparedTokenizer:
     median_token_length: int
     pad_to_multiple_of: tuple[int, int] | None = None
     """Seed semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
+    by_piece: bool = False
+    """Whether ids may be found piece by piece (``piece_tokenization``): same ids, much faster."""
 
     @classmethod
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """No padding, no truncation (done on the ids), unknown id and median length as model2vec finds them."""
-        return cls(model2vec_tokenizer(tokenizer), unknown_token_id(tokenizer), median_token_length(tokenizer))
+        copy = model2vec_tokenizer(tokenizer)
+        return cls(
+            copy,
+            unknown_token_id(tokenizer),
+            median_token_length(tokenizer),
+            by_piece=splits_into_independent_pieces(copy),
+        )
 
     @classmethod
     def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
         copy, pad_to_multiple_of = seed_tokenizer(tokenizer)
-        return cls(copy, None, 0, pad_to_multiple_of)
-
-
-@dataclass(frozen=True)
-class TokenIds:
-    """Token ids of a batch of texts, flat: text ``i`` owns ``ids[offsets[i]:offsets[i + 1]]``."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Number of ids of each text."""
-        return np.diff(self.offsets)
-
-
-def flatten_ids(id_lists: list[list[int]]) -> TokenIds:
-    """Pack per-text id lists into one flat int64 array with offsets."""
-    lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(offsets[-1]))
-    return TokenIds(flat, offsets)
-
-
-def truncate_ids(token_ids: TokenIds, max_length: int) -> TokenIds:
-    """Keep at most the first ``max_length`` ids of each text."""
-    lengths = token_ids.lengths
-    if lengths.size == 0 or int(lengths.max()) <= max_length:
-        return token_ids
-    position = np.arange(token_ids.ids.size, dtype=np.int64) - np.repeat(token_ids.offsets[:-1], lengths)
-    return keep_ids(token_ids, position < max_length)
-
-
-def keep_ids(token_ids: TokenIds, keep: np.ndarray) -> TokenIds:
-    """Drop the ids where the boolean mask ``keep`` is False, keeping each text's remaining ids in order."""
-    if keep.all():
-        return token_ids
-    kept_before = np.zeros(keep.size + 1, dtype=np.int64)
-    np.cumsum(keep, out=kept_before[1:])
-    return TokenIds(token_ids.ids[keep], kept_before[token_ids.offsets])
+        by_piece = pad_to_multiple_of is None and splits_into_independent_pieces(copy)
+        return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece)

@@ -53,7 +53,7 @@ from tokenizers import Tokenizer  # noqa: E402
 import beam_m2v  # noqa: E402
 from beam_m2v.encoder import CHUNK_SIZE, vector_array  # noqa: E402
 from beam_m2v.pooling import mean_pool, sum_rows  # noqa: E402
-from beam_m2v.tokenization import flatten_ids, keep_ids, truncate_ids  # noqa: E402
+from beam_m2v.token_ids import flatten_ids, keep_ids, truncate_ids  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "linux-doc-6.1-paragraphs.parquet"
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"

@@ -900,7 +900,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     from beam_m2v import load_model
     from beam_m2v.encoder import CHUNK_SIZE, vector_array
     from beam_m2v.pooling import mean_pool
-    from beam_m2v.tokenization import flatten_ids, keep_ids, truncate_ids
+    from beam_m2v.token_ids import flatten_ids, keep_ids, truncate_ids
     from beam_m2v.transforms.embed_tables import _row_problems
     from pipelines.content_hash import with_text_hash
     from pipelines.inputs import with_positions

@@ -1,0 +1,187 @@
+"""Piece-by-piece tokenization gives exactly the tokenizer's ids, and is only used where that holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from tiny_models import make_tokenizer
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
+
+from beam_m2v import load_model
+from beam_m2v.piece_tokenization import piece_token_ids, splits_into_independent_pieces
+from beam_m2v.token_ids import flatten_ids
+from beam_m2v.tokenization import model2vec_tokenizer
+
+#: Characters that stress the argument for splitting: the separators themselves, whitespace and
+#: control characters that are NOT separators (\x0b and \x0c are removed by BERT's clean_text, so
+#: they join words), Unicode spaces and line breaks, combining marks, CJK (padded with spaces by
+#: the BERT normalizer), final sigma, punctuation, digits, U+FFFD and NUL (removed), emoji.
+ALPHABET = (
+    list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789")
+    + [" ", " ", " ", "\t", "\n", "\r", "\r\n", "  "]
+    + ["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\x00", "\ufffd"]
+    + ["\u0301", "\u0308", "é", "È", "ß", "Σ", "ς", "İ", "中", "文", "日本", "\U0001f600"]
+    + list(".,;:!?'\"()[]{}-_/\\#@%^&*+=<>|~`")
+    + ["[UNK]", "[MASK]", "[PAD]", "##", "the", "quick", "kernel", "documentation", "x" * 101]
+)
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    """Texts made of random runs of ``ALPHABET``, most short, some long."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        length = rng.choice([0, 1, 2, 5, 20, 60, 300])
+        texts.append("".join(rng.choice(ALPHABET) for _ in range(length)))
+    return texts
+
+
+def reference_ids(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The tokenizer's own ids for every text, flat, with offsets."""
+    token_ids = flatten_ids([e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)])
+    return token_ids.ids, token_ids.offsets
+
+
+def assert_same_ids(tokenizer: Tokenizer, texts: list[str]) -> None:
+    expected_ids, expected_offsets = reference_ids(tokenizer, texts)
+    got = piece_token_ids(tokenizer, pa.array(texts, type=pa.large_string()))
+    assert np.array_equal(got.offsets, expected_offsets)
+    assert np.array_equal(got.ids, expected_ids)
+
+
+def shared_tokenizer(model_path: object) -> Tokenizer:
+    return model2vec_tokenizer(Tokenizer.from_file(str(model_path) + "/tokenizer.json"))
+
+
+def test_shared_models_are_tokenized_by_piece(model_256_path, model_64_path):
+    for path in (model_256_path, model_64_path):
+        model = load_model(path)
+        assert model._prepared.by_piece, f"{path} should take the piece-by-piece path"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_texts_match_the_tokenizer(model_256_path, seed):
+    assert_same_ids(shared_tokenizer(model_256_path), random_texts(600, seed))
+
+
+def test_corpus_matches_the_tokenizer(model_256_path, corpus_texts):
+    assert_same_ids(shared_tokenizer(model_256_path), corpus_texts[:5000])
+
+
+def test_added_tokens_with_strip_and_single_word_flags_match(model_256_path):
+    tokenizer = shared_tokenizer(model_256_path)
+    tokenizer.add_special_tokens([AddedToken("[MASK]", lstrip=True, rstrip=True)])
+    tokenizer.add_tokens([AddedToken("foo.bar", single_word=True), AddedToken("kernel", normalized=True)])
+    assert splits_into_independent_pieces(tokenizer)
+    texts = ["a [MASK] b", "[MASK][MASK]  x", "foo.bar foo.barx xfoo.bar (foo.bar)", "KERNEL Kernel kernels"]
+    assert_same_ids(tokenizer, texts + random_texts(300, 9))
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "wordlevel"])
+def test_tiny_whitespace_tokenizers_match(kind):
+    tokenizer = make_tokenizer(kind)
+    assert splits_into_independent_pieces(tokenizer)
+    assert_same_ids(tokenizer, random_texts(400, 3))
+
+
+@pytest.mark.parametrize("kind", ["bytelevel_bpe", "unigram"])
+def test_tokenizers_that_keep_whitespace_in_tokens_are_not_eligible(kind):
+    # Byte-level BPE and Metaspace turn a space into part of the next token: pieces depend on each other.
+    assert not splits_into_independent_pieces(make_tokenizer(kind))
+
+
+def test_configurations_that_break_independence_are_not_eligible(model_256_path):
+    def variant(edit):
+        tokenizer = shared_tokenizer(model_256_path)
+        edit(tokenizer)
+        return tokenizer
+
+    assert splits_into_independent_pieces(variant(lambda t: None))
+    # As its file configures it, the shared tokenizer truncates at 512 tokens (the seed uses it so).
+    assert not splits_into_independent_pieces(Tokenizer.from_file(str(model_256_path) + "/tokenizer.json"))
+    assert not splits_into_independent_pieces(variant(lambda t: t.enable_padding(pad_to_multiple_of=8)))
+    assert not splits_into_independent_pieces(variant(lambda t: t.add_tokens(["new york"])))
+    assert not splits_into_independent_pieces(variant(lambda t: t.add_tokens([AddedToken("a\tb")])))
+
+    def set_normalizer(normalizer):
+        return lambda t: setattr(t, "normalizer", normalizer)
+
+    def set_pre_tokenizer(pre_tokenizer):
+        return lambda t: setattr(t, "pre_tokenizer", pre_tokenizer)
+
+    assert not splits_into_independent_pieces(variant(set_normalizer(normalizers.Replace("  ", " "))))
+    assert not splits_into_independent_pieces(variant(set_normalizer(normalizers.Prepend("▁"))))
+    assert splits_into_independent_pieces(
+        variant(set_normalizer(normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])))
+    )
+    assert not splits_into_independent_pieces(variant(set_pre_tokenizer(pre_tokenizers.Punctuation())))
+    assert not splits_into_independent_pieces(
+        variant(
+            set_pre_tokenizer(
+                pre_tokenizers.Sequence(
+                    [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(" ", "merged_with_next")]
+                )
+            )
+        )
+    )
+    assert splits_into_independent_pieces(
+        variant(
+            set_pre_tokenizer(
+                pre_tokenizers.Sequence(
+                    [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]
+                )
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "pre_tokenizer",
+    [
+        pre_tokenizers.Whitespace(),
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Sequence([pre_tokenizers.Punctuation(), pre_tokenizers.WhitespaceSplit()]),
+        pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]),
+    ],
+    ids=["whitespace", "whitespace_split", "punctuation_then_split", "split_then_digits"],
+)
+@pytest.mark.parametrize(
+    "normalizer",
+    [
+        None,
+        normalizers.NFKC(),
+        normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()]),
+    ],
+    ids=["none", "nfkc", "nfd_strip_lower"],
+)
+def test_every_eligible_combination_matches(model_256_path, pre_tokenizer, normalizer):
+    tokenizer = shared_tokenizer(model_256_path)
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.normalizer = normalizer
+    assert splits_into_independent_pieces(tokenizer)
+    assert_same_ids(tokenizer, random_texts(300, 11))
+
+
+def test_encoder_gives_the_same_vectors_by_piece_and_text_by_text(model_64_path, corpus_texts):
+    model = load_model(model_64_path)
+    text_by_text = model.with_settings()
+    text_by_text._prepared = dataclasses.replace(model._prepared, by_piece=False)
+    texts = corpus_texts[:3000] + random_texts(500, 5) + ["", " ", "x" * 20_000]
+    assert np.array_equal(model.encode(texts), text_by_text.encode(texts))
+    arrow = pa.array(texts + [None])
+    assert model.encode_arrow(arrow).equals(text_by_text.encode_arrow(arrow))
+
+
+def test_empty_batch_and_sliced_arrays(model_256_path):
+    tokenizer = shared_tokenizer(model_256_path)
+    empty = piece_token_ids(tokenizer, pa.array([], type=pa.string()))
+    assert empty.ids.size == 0 and list(empty.offsets) == [0]
+    texts = random_texts(50, 1)
+    sliced = pa.array(texts, type=pa.string()).slice(7, 30)
+    expected_ids, expected_offsets = reference_ids(tokenizer, texts[7:37])
+    got = piece_token_ids(tokenizer, sliced)
+    assert np.array_equal(got.ids, expected_ids) and np.array_equal(got.offsets, expected_offsets)
