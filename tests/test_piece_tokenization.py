@@ -20,14 +20,14 @@ from beam_m2v.tokenization import model2vec_tokenizer
 #: control characters that are NOT separators (\x0b and \x0c are removed by BERT's clean_text, so
 #: they join words), Unicode spaces and line breaks, combining marks, CJK (padded with spaces by
 #: the BERT normalizer), final sigma, punctuation, digits, U+FFFD and NUL (removed), emoji.
-ALPHABET = (
-    list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789")
-    + [" ", " ", " ", "\t", "\n", "\r", "\r\n", "  "]
-    + ["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\x00", "\ufffd"]
-    + ["\u0301", "\u0308", "é", "È", "ß", "Σ", "ς", "İ", "中", "文", "日本", "\U0001f600"]
-    + list(".,;:!?'\"()[]{}-_/\\#@%^&*+=<>|~`")
-    + ["[UNK]", "[MASK]", "[PAD]", "##", "the", "quick", "kernel", "documentation", "x" * 101]
-)
+ALPHABET = [
+    *"abcdefghijklmnopqrstuvwxyzABCXYZ0123456789",
+    *[" ", " ", " ", "\t", "\n", "\r", "\r\n", "  "],
+    *["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\x00", "\ufffd"],
+    *["\u0301", "\u0308", "é", "È", "ß", "Σ", "ς", "İ", "中", "文", "日本", "\U0001f600"],
+    *".,;:!?'\"()[]{}-_/\\#@%^&*+=<>|~`",
+    *["[UNK]", "[MASK]", "[PAD]", "##", "the", "quick", "kernel", "documentation", "x" * 101],
+]
 
 
 def random_texts(count: int, seed: int) -> list[str]:
@@ -172,7 +172,7 @@ def test_encoder_gives_the_same_vectors_by_piece_and_text_by_text(model_64_path,
     text_by_text._prepared = dataclasses.replace(model._prepared, by_piece=False)
     texts = corpus_texts[:3000] + random_texts(500, 5) + ["", " ", "x" * 20_000]
     assert np.array_equal(model.encode(texts), text_by_text.encode(texts))
-    arrow = pa.array(texts + [None])
+    arrow = pa.array([*texts, None])
     assert model.encode_arrow(arrow).equals(text_by_text.encode_arrow(arrow))
 
 

@@ -253,6 +253,37 @@ def test_parquet_shards_carry_model_facts_zstd_and_fixed_size_lists(parquet_run,
     assert not siblings(out)
 
 
+def column_encodings(part: Path) -> dict[str, set[str]]:
+    """The Parquet encodings used by each leaf column of a shard, over all row groups."""
+    metadata = pq.read_metadata(part)
+    found: dict[str, set[str]] = defaultdict(set)
+    for group in range(metadata.num_row_groups):
+        for column in range(metadata.num_columns):
+            chunk = metadata.row_group(group).column(column)
+            found[chunk.path_in_schema].update(chunk.encodings)
+    return found
+
+
+def test_vectors_are_byte_stream_split_without_dictionaries(parquet_run):
+    out, _ = parquet_run
+    for part in part_files(out):
+        encodings = column_encodings(part)
+        assert encodings["embedding.list.element"] == {"BYTE_STREAM_SPLIT", "RLE"}, encodings
+        for column in ("id", "text_hash"):
+            assert not {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & encodings[column], (column, encodings)
+
+
+def test_no_byte_stream_split_writes_plain_vector_pages(parquet_input, model, model_64_path, tmp_path):
+    folder, table = parquet_input
+    out = tmp_path / "vectors"
+    args = ["--input", str(folder / "input-1.parquet"), "--output", str(out), "--model", str(model_64_path)]
+    run([*args, "--no-byte-stream-split"])
+    for part in part_files(out):
+        assert column_encodings(part)["embedding.list.element"] == {"PLAIN", "RLE"}
+    part = table.slice(1200, 800)
+    check_vectors(out, dict(zip(part["id"].to_pylist(), part["text"].to_pylist(), strict=True)), model)
+
+
 def test_stderr_shows_the_final_summary_line(parquet_run):
     out, process = parquet_run
     found = SUMMARY.findall(process.stderr)

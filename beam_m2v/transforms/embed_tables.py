@@ -127,5 +127,5 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
         """Embed every table."""
         outputs = pcoll | "EmbedTables" >> beam.ParDo(
             EmbedTablesDoFn(self.spec, self.text_column, self.output_column)
-        ).with_outputs(FAILED_TAG, main=EMBEDDED_TAG)
+        ).with_output_types(pa.Table).with_outputs(FAILED_TAG, main=EMBEDDED_TAG)
         return EmbedResult(outputs[EMBEDDED_TAG], outputs[FAILED_TAG])
