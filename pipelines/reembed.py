@@ -1,8 +1,10 @@
 """``python -m pipelines.reembed``: re-embed a changed corpus, reusing the previous run's vectors.
 
 Each row of a snapshot stores a hash of its text. A re-embedding run reads the current
-corpus and the previous snapshot, joins them by id, embeds only rows that are new or whose
-text changed, copies the vectors of unchanged rows, and drops ids that are gone. When the
+corpus and the ids and hashes of the previous snapshot, joins them by id, embeds only rows
+that are new or whose text changed, and drops ids that are gone. Vectors never go through
+the join: an unchanged row carries where its previous vector lies (shard, row group, row),
+and the vectors are then copied one previous row group at a time. When the
 model (fingerprint, dim, normalisation, max_length or semantics) differs from the previous
 run's, every row is re-embedded. Outputs, in ``--output``:
 
@@ -31,7 +33,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics.metric import Metrics
 
 from beam_m2v.remote_files import is_remote
@@ -49,7 +50,7 @@ from pipelines.embed import (
     write_snapshot,
 )
 from pipelines.embed import finish_manifest as embed_manifest
-from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
+from pipelines.inputs import InputError, ListRowGroups
 from pipelines.outputs import (
     EMBEDDING_COLUMN,
     MANIFEST_NAME,
@@ -58,6 +59,7 @@ from pipelines.outputs import (
     matching_paths,
     read_manifest,
 )
+from pipelines.parquet_sink import WriteVectorTables
 
 logger = logging.getLogger("beam_m2v.reembed")
 
@@ -67,6 +69,9 @@ CHANGES_DIR = "changes"
 BUCKETS = 64
 _CURRENT, _PREVIOUS = "current", "previous"
 _TO_EMBED, _UNCHANGED, _DELETES = "to_embed", "unchanged", "deletes"
+#: Where a previous vector lies: its shard, row group, and row in the row group.
+VECTOR_FILE, VECTOR_GROUP, VECTOR_ROW = "__vector_file", "__vector_group", "__vector_row"
+_LOCATION = (VECTOR_FILE, VECTOR_GROUP, VECTOR_ROW)
 
 
 def bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -97,12 +102,65 @@ class SplitByBucket(beam.DoFn):  # type: ignore[misc]
                 yield int(sorted_buckets[start]), (self._side, part)
 
 
+class ReadPreviousKeys(beam.DoFn):  # type: ignore[misc]
+    """Read the ids and text hashes of one previous row group, with where each row's vector lies."""
+
+    def __init__(self, id_column: str) -> None:
+        self._id_column = id_column
+
+    def setup(self) -> None:
+        """Create the metrics."""
+        self._rows_read = Metrics.counter("beam_m2v", "previous_rows_read")
+
+    def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
+        """The keys of the row group ``item`` names (``ListRowGroups``'s items)."""
+        path, group, _ = item
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            table = pq.ParquetFile(handle).read_row_group(group, columns=[self._id_column, HASH_COLUMN])
+        self._rows_read.inc(len(table))
+        rows = len(table)
+        files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([path]))
+        yield (
+            table.append_column(VECTOR_FILE, files)
+            .append_column(VECTOR_GROUP, pa.array(np.full(rows, group, dtype=np.int32)))
+            .append_column(VECTOR_ROW, pa.array(np.arange(rows, dtype=np.int32)))
+        )
+
+
+class SplitByVectorGroup(beam.DoFn):  # type: ignore[misc]
+    """Key the unchanged rows of a table by the previous row group that holds their vectors."""
+
+    def process(self, table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
+        """Yield ``((shard, row group), rows)`` for every previous row group the table's rows point into."""
+        files = table.column(VECTOR_FILE).combine_chunks().cast(pa.string()).to_numpy(zero_copy_only=False)
+        groups = table.column(VECTOR_GROUP).to_numpy()
+        for path in np.unique(files):
+            in_file = files == path
+            for group in np.unique(groups[in_file]):
+                rows = np.flatnonzero(in_file & (groups == group))
+                yield (str(path), int(group)), table.take(pa.array(rows))
+
+
+class CopyVectors(beam.DoFn):  # type: ignore[misc]
+    """Append to unchanged rows their vectors, read from one previous row group."""
+
+    def process(self, item: tuple[tuple[str, int], Sequence[pa.Table]]) -> Iterator[pa.Table]:
+        """Read the row group's vector column once and take the rows asked for."""
+        (path, group), parts = item
+        rows = pa.concat_tables(list(parts)).combine_chunks()
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            vectors = pq.ParquetFile(handle).read_row_group(group, columns=[EMBEDDING_COLUMN]).column(0)
+        copied = vectors.take(rows.column(VECTOR_ROW))
+        yield rows.drop_columns(list(_LOCATION)).append_column(EMBEDDING_COLUMN, copied)
+
+
 class JoinBucket(beam.DoFn):  # type: ignore[misc]
     """Decide, for one bucket of ids, what to embed, what to copy and what to delete."""
 
-    def __init__(self, id_column: str, reuse_vectors: bool) -> None:
+    def __init__(self, id_column: str, reuse_vectors: bool, output_columns: Sequence[str]) -> None:
         self._id_column = id_column
         self._reuse = reuse_vectors
+        self._output_columns = list(output_columns)
 
     def setup(self) -> None:
         """Create the metrics."""
@@ -146,10 +204,13 @@ class JoinBucket(beam.DoFn):  # type: ignore[misc]
         if (~same_text).any():
             yield beam.pvalue.TaggedOutput(_TO_EMBED, current.filter(pa.array(~same_text)))
         if same_text.any():
-            reused = previous.column(EMBEDDING_COLUMN).take(pa.array(previous_row[same_text]))  # type: ignore[union-attr]
-            yield beam.pvalue.TaggedOutput(
-                _UNCHANGED, current.filter(pa.array(same_text)).append_column(EMBEDDING_COLUMN, reused)
-            )
+            # Only the columns the snapshot keeps travel on, with where the vector lies; not the vector.
+            unchanged = current.filter(pa.array(same_text))
+            unchanged = unchanged.select([name for name in unchanged.column_names if name in self._output_columns])
+            locations = previous.select(list(_LOCATION)).take(pa.array(previous_row[same_text]))  # type: ignore[union-attr]
+            for name in _LOCATION:
+                unchanged = unchanged.append_column(name, locations.column(name))
+            yield beam.pvalue.TaggedOutput(_UNCHANGED, unchanged)
         if previous is not None and len(previous):
             kept_ids = current.column(id_column).filter(pa.array(embeddable)).combine_chunks()
             gone = pc.invert(pc.is_in(previous.column(id_column), value_set=kept_ids))
@@ -217,46 +278,65 @@ def build_pipeline(
 ) -> None:
     """Join current and previous rows by id, embed what changed, write the snapshot and the change set."""
     id_column = prepared.input.id_column
+    _, schema = prepared.schema
     current, read_failures = read_corpus(pipeline, prepared)
-    previous_tables = (
+    previous_keys = (
         pipeline
         | "PreviousFiles" >> beam.Create(previous)
         | "PreviousRowGroups" >> beam.ParDo(ListRowGroups())
         | "SpreadPrevious" >> beam.Reshuffle()
-        | "ReadPrevious"
-        >> beam.ParDo(ReadRowGroup([id_column, HASH_COLUMN, EMBEDDING_COLUMN], counter="previous_rows_read"))
+        | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(id_column)).with_output_types(pa.Table)
     )
-    keyed_current = current | "BucketCurrent" >> beam.ParDo(SplitByBucket(id_column, _CURRENT))
-    keyed_previous = previous_tables | "BucketPrevious" >> beam.ParDo(SplitByBucket(id_column, _PREVIOUS))
+    bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
+    keyed_current = current | "BucketCurrent" >> beam.ParDo(SplitByBucket(id_column, _CURRENT)).with_output_types(
+        bucketed
+    )
+    keyed_previous = previous_keys | "BucketPrevious" >> beam.ParDo(
+        SplitByBucket(id_column, _PREVIOUS)
+    ).with_output_types(bucketed)
     joined = (
         (keyed_current, keyed_previous)
         | "Together" >> beam.Flatten()
         | "GroupByBucket" >> beam.GroupByKey()
-        | "Join" >> beam.ParDo(JoinBucket(id_column, reuse)).with_outputs(_TO_EMBED, _UNCHANGED, _DELETES)
+        | "Join"
+        >> beam.ParDo(JoinBucket(id_column, reuse, schema.names))
+        .with_output_types(pa.Table)
+        .with_outputs(_TO_EMBED, _UNCHANGED, _DELETES)
+    )
+    reused = (
+        joined[_UNCHANGED]
+        | "ByPreviousRowGroup"
+        >> beam.ParDo(SplitByVectorGroup()).with_output_types(
+            beam.typehints.Tuple[beam.typehints.Tuple[str, int], pa.Table]
+        )
+        | "GroupByPreviousRowGroup" >> beam.GroupByKey()
+        | "CopyVectors" >> beam.ParDo(CopyVectors()).with_output_types(pa.Table)
     )
     embedded, failed = embed_tables(joined[_TO_EMBED], prepared)
-    snapshot = (embedded, joined[_UNCHANGED]) | "Snapshot" >> beam.Flatten()
+    snapshot = (embedded, reused) | "Snapshot" >> beam.Flatten()
     write_snapshot(snapshot, [failed, *read_failures], prepared, folders)
-    _, schema = prepared.schema
     upsert_schema = pa.schema([schema.field(id_column), schema.field(EMBEDDING_COLUMN)], metadata=schema.metadata)
     _ = (
         embedded
-        | "UpsertColumns" >> beam.Map(lambda table: table.select([id_column, EMBEDDING_COLUMN]).cast(upsert_schema))
+        | "UpsertColumns"
+        >> beam.Map(lambda table: table.select([id_column, EMBEDDING_COLUMN]).cast(upsert_schema)).with_output_types(
+            pa.Table
+        )
         | "WriteUpserts"
-        >> WriteToParquetBatched(
+        >> WriteVectorTables(
             os.path.join(folders.staging, CHANGES_DIR, "upserts"),
-            schema=upsert_schema,
-            codec="zstd",
-            use_compliant_nested_type=True,
-            file_name_suffix=".parquet",
+            upsert_schema,
+            vector_columns=[EMBEDDING_COLUMN],
+            undictionary_columns=[id_column],
+            byte_stream_split=prepared.byte_stream_split,
         )
     )
     delete_schema = pa.schema([schema.field(id_column)])
-    _ = joined[_DELETES] | "WriteDeletes" >> WriteToParquetBatched(
+    _ = joined[_DELETES] | "WriteDeletes" >> WriteVectorTables(
         os.path.join(folders.staging, CHANGES_DIR, "deletes"),
-        schema=delete_schema,
-        codec="zstd",
-        file_name_suffix=".parquet",
+        delete_schema,
+        vector_columns=[],
+        undictionary_columns=[id_column],
     )
 
 
