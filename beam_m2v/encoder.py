@@ -140,7 +140,7 @@ class StaticEmbedder:
             # A text of at most ``limit`` bytes has at most ``limit`` characters: most batches skip the cut.
             texts = pc.utf8_slice_codeunits(texts, 0, limit)
         try:
-            raw = piece_token_ids(self._tokenizer, texts)
+            raw = piece_token_ids(self._tokenizer, texts, self._prepared.piece_cache)
         except Exception:
             if self.settings.semantics is not Semantics.SEED:
                 raise

@@ -10,11 +10,14 @@ tokenizer applies to a word: normalizer, added tokens, pre-tokenizer, model), an
 the ids back per occurrence. The result is the tokenizer's own output, at a fraction of its cost.
 
 ``splits_into_independent_pieces`` decides from the tokenizer's configuration whether this holds;
-any other tokenizer goes through the tokenizer text by text.
+any other tokenizer goes through the tokenizer text by text. A ``PieceCache`` remembers the ids
+of the pieces already tokenized (half of a slice's distinct pieces were seen in an earlier slice
+of the same corpus), up to a fixed number of pieces.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -30,6 +33,9 @@ PIECE_SEPARATORS = " \t\n\r"
 
 #: Distinct pieces per tokenizer input (one pre-tokenized "sentence"): fewer, larger inputs are cheaper.
 PIECES_PER_INPUT = 1024
+
+#: Pieces a ``PieceCache`` keeps at most (~130 bytes each: about 35 MB when full).
+CACHED_PIECES = 1 << 18
 
 #: Normalizers that map each character on its own (no rule looks across a separator).
 _CHARACTER_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"})
@@ -80,11 +86,46 @@ def _pre_tokenizer_splits_at_whitespace(pre_tokenizer: dict[str, Any] | None) ->
     return within_word and any(part.get("type") in _WHITESPACE_SPLITTERS for part in parts)
 
 
-def piece_token_ids(tokenizer: Tokenizer, texts: pa.Array) -> TokenIds:
+class PieceCache:
+    """The token ids of pieces already tokenized, for one tokenizer; shared by every thread, bounded.
+
+    Ids are kept as int32 bytes (compact, and joined in one call). Once ``max_pieces`` are
+    kept no more are added: the frequent pieces of a corpus come early. Concurrent lookups
+    are safe (dict operations are atomic); two threads may tokenize the same new piece.
+    """
+
+    def __init__(self, max_pieces: int = CACHED_PIECES) -> None:
+        self.max_pieces = max_pieces
+        self._ids: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids_of(self, tokenizer: Tokenizer, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of each piece (flat, with offsets), tokenizing only those not seen before."""
+        found: list[bytes | None] = list(map(self._ids.get, pieces))
+        missing = [index for index, ids in enumerate(found) if ids is None]
+        if missing:
+            new_pieces = [pieces[index] for index in missing]
+            ids, offsets = _distinct_piece_ids(tokenizer, new_pieces)
+            raw = ids.astype("<i4").tobytes()
+            bounds = (offsets * 4).tolist()
+            new_ids = [raw[start:end] for start, end in itertools.pairwise(bounds)]
+            for index, piece_ids in zip(missing, new_ids, strict=True):
+                found[index] = piece_ids
+            room = max(0, self.max_pieces - len(self._ids))
+            self._ids.update(zip(new_pieces[:room], new_ids[:room], strict=True))
+        chunks: list[bytes] = found  # type: ignore[assignment]  # every entry is filled now
+        offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks)) // 4, out=offsets[1:])
+        return np.frombuffer(b"".join(chunks), dtype="<i4").astype(np.int32), offsets
+
+
+def piece_token_ids(tokenizer: Tokenizer, texts: pa.Array, cache: PieceCache | None = None) -> TokenIds:
     """The ids ``tokenizer.encode_batch(texts, add_special_tokens=False)`` gives, one flat array.
 
     ``texts`` is a string or large_string array without nulls; ``tokenizer`` must pass
-    ``splits_into_independent_pieces``.
+    ``splits_into_independent_pieces``; ``cache`` (of this tokenizer) skips pieces seen before.
     """
     if len(texts) == 0:
         return TokenIds(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
@@ -92,7 +133,11 @@ def piece_token_ids(tokenizer: Tokenizer, texts: pa.Array) -> TokenIds:
     list_offsets = pieces.offsets.to_numpy()
     pieces_per_text_bounds = list_offsets - list_offsets[0]
     encoded = pc.dictionary_encode(pieces.flatten())
-    distinct_ids, distinct_offsets = _distinct_piece_ids(tokenizer, encoded.dictionary.to_pylist())
+    distinct = encoded.dictionary.to_pylist()
+    if cache is None:
+        distinct_ids, distinct_offsets = _distinct_piece_ids(tokenizer, distinct)
+    else:
+        distinct_ids, distinct_offsets = cache.ids_of(tokenizer, distinct)
     occurrences = encoded.indices.to_numpy().astype(np.int64, copy=False)
 
     lengths = np.diff(distinct_offsets)[occurrences]
@@ -110,13 +155,15 @@ def _distinct_piece_ids(tokenizer: Tokenizer, pieces: list[str]) -> tuple[np.nda
     """Tokenize each piece alone: flat ids and offsets, piece ``k`` owning ``ids[offsets[k]:offsets[k + 1]]``."""
     inputs = [pieces[start : start + PIECES_PER_INPUT] for start in range(0, len(pieces), PIECES_PER_INPUT)]
     encodings = tokenizer.encode_batch(inputs, is_pretokenized=True, add_special_tokens=False)
-    id_parts = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+    id_parts = [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
     piece_parts = [
         np.asarray(encoding.word_ids, dtype=np.int64) + first
         for encoding, first in zip(encodings, range(0, len(pieces), PIECES_PER_INPUT), strict=True)
     ]
-    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int64)
+    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
     owners = np.concatenate(piece_parts) if piece_parts else np.zeros(0, dtype=np.int64)
+    if owners.size and np.any(np.diff(owners) < 0):
+        raise RuntimeError("the tokenizer returned the tokens of pre-tokenized words out of order")
     offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(np.bincount(owners, minlength=len(pieces)), out=offsets[1:])
     return ids, offsets

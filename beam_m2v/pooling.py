@@ -129,10 +129,12 @@ def mean_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool)
     non_empty = counts > 0
     means = np.zeros(sums.shape, dtype=out_dtype)
     np.divide(sums, counts[:, None].astype(sums.dtype), out=means, where=non_empty[:, None], casting="unsafe")
-    vectors = means.astype(np.float32)
+    vectors = means.astype(np.float32, copy=False)
     if normalize:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True) + np.float32(1e-32)
-        vectors = (vectors / norms).astype(out_dtype).astype(np.float32)
+        np.divide(vectors, norms, out=vectors)
+        if out_dtype != np.float32:
+            vectors = vectors.astype(out_dtype).astype(np.float32)
     return vectors
 
 

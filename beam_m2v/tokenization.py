@@ -9,12 +9,12 @@ share one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from beam_m2v.piece_tokenization import splits_into_independent_pieces
+from beam_m2v.piece_tokenization import PieceCache, splits_into_independent_pieces
 
 
 def unknown_token_id(tokenizer: Tokenizer) -> int | None:
@@ -79,6 +79,8 @@ class PreparedTokenizer:
     """Seed semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
     by_piece: bool = False
     """Whether ids may be found piece by piece (``piece_tokenization``): same ids, much faster."""
+    piece_cache: PieceCache = field(default_factory=PieceCache, compare=False, repr=False)
+    """Ids of the pieces seen so far (by_piece only), shared by every embedder of this tokenizer."""
 
     @classmethod
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:

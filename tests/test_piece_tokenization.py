@@ -12,7 +12,7 @@ from tiny_models import make_tokenizer
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
 from beam_m2v import load_model
-from beam_m2v.piece_tokenization import piece_token_ids, splits_into_independent_pieces
+from beam_m2v.piece_tokenization import PieceCache, piece_token_ids, splits_into_independent_pieces
 from beam_m2v.token_ids import flatten_ids
 from beam_m2v.tokenization import model2vec_tokenizer
 
@@ -185,3 +185,29 @@ def test_empty_batch_and_sliced_arrays(model_256_path):
     expected_ids, expected_offsets = reference_ids(tokenizer, texts[7:37])
     got = piece_token_ids(tokenizer, sliced)
     assert np.array_equal(got.ids, expected_ids) and np.array_equal(got.offsets, expected_offsets)
+
+
+def test_cache_gives_the_same_ids_and_stays_bounded(model_256_path, corpus_texts):
+    tokenizer = shared_tokenizer(model_256_path)
+    texts = corpus_texts[:2000] + random_texts(300, 21)
+    expected_ids, expected_offsets = reference_ids(tokenizer, texts)
+    for limit in (0, 50, 1 << 18):
+        cache = PieceCache(max_pieces=limit)
+        for half in (texts[:1000], texts[1000:], texts):  # the last pass is served mostly from the cache
+            got = piece_token_ids(tokenizer, pa.array(half), cache)
+            want_ids, want_offsets = reference_ids(tokenizer, half)
+            assert np.array_equal(got.ids, want_ids) and np.array_equal(got.offsets, want_offsets)
+        assert len(cache) <= limit
+        got = piece_token_ids(tokenizer, pa.array(texts), cache)
+        assert np.array_equal(got.ids, expected_ids) and np.array_equal(got.offsets, expected_offsets)
+
+
+def test_cache_is_shared_by_embedders_of_one_model(model_64_path, corpus_texts):
+    model = load_model(model_64_path)
+    shorter = model.with_settings(max_length=8)
+    model.encode(corpus_texts[:500])
+    cached = len(model._prepared.piece_cache)
+    assert cached > 0 and shorter._prepared.piece_cache is model._prepared.piece_cache
+    # Cached ids are raw ids: truncation and unknown-dropping still apply per embedder.
+    fresh = load_model(model_64_path, max_length=8)
+    assert np.array_equal(shorter.encode(corpus_texts[:500]), fresh.encode(corpus_texts[:500]))
