@@ -13,7 +13,8 @@ need Parquet's BYTE_STREAM_SPLIT encoding (pyarrow, DuckDB, Polars, Spark 3.2+);
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -24,9 +25,37 @@ from apache_beam.io.iobase import Write
 from apache_beam.pvalue import PCollection
 
 
-class _OpenShard(NamedTuple):
-    writer: pq.ParquetWriter
-    handle: Any
+class _OpenShard:
+    """One shard being written: its file, its Parquet writer, and the table being written in the background.
+
+    ``write_table`` spends its time compressing, without the GIL, so it runs on a thread of its
+    own while the bundle goes on reading and embedding the next table. At most one table is in
+    flight; an error surfaces at the next write or at close.
+    """
+
+    def __init__(self, writer: pq.ParquetWriter, handle: Any) -> None:
+        self.writer = writer
+        self.handle = handle
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beam-m2v-parquet")
+        self._pending: Future[None] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Start writing ``table`` once the previous one is written."""
+        self._wait()
+        self._pending = self._thread.submit(self.writer.write_table, table)
+
+    def close(self) -> None:
+        """Finish the last write and the Parquet footer."""
+        try:
+            self._wait()
+        finally:
+            self._thread.shutdown(wait=True)
+        self.writer.close()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 class VectorParquetSink(filebasedsink.FileBasedSink):
@@ -68,13 +97,15 @@ class VectorParquetSink(filebasedsink.FileBasedSink):
         return _OpenShard(writer, handle)
 
     def write_record(self, file_handle: _OpenShard, value: pa.Table) -> None:
-        """Append one table as row group(s)."""
-        file_handle.writer.write_table(value)
+        """Append one table as row group(s), written in the background."""
+        file_handle.write(value)
 
     def close(self, file_handle: _OpenShard) -> None:
         """Finish the Parquet footer, then the file."""
-        file_handle.writer.close()
-        super().close(file_handle.handle)
+        try:
+            file_handle.close()
+        finally:
+            super().close(file_handle.handle)
 
 
 class WriteVectorTables(beam.PTransform[PCollection[pa.Table], Any]):
