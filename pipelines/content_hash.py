@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
+import numpy as np
 import pyarrow as pa
 
 HASH_COLUMN = "text_hash"
@@ -14,6 +16,32 @@ def text_hashes(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """BLAKE2b-128 of each text's UTF-8 bytes; null where the text is null or not a string."""
     if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
         return pa.nulls(len(texts), HASH_TYPE)
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    try:
+        texts.validate(full=True)
+    except pa.ArrowInvalid:
+        return _hashes_of_decodable(texts)
+    return _hashes_of_valid_utf8(texts)
+
+
+def _hashes_of_valid_utf8(texts: pa.Array) -> pa.Array:
+    """Hash every text straight from the Arrow data buffer (no Python strings are made)."""
+    raw = texts.cast(pa.large_binary())
+    offsets = np.frombuffer(raw.buffers()[1], dtype=np.int64)[raw.offset : raw.offset + len(raw) + 1].tolist()
+    data = memoryview(raw.buffers()[2] or b"")
+    blake2b = hashlib.blake2b
+    digests = b"".join(
+        [blake2b(data[start:end], digest_size=16).digest() for start, end in itertools.pairwise(offsets)]
+    )
+    validity = raw.buffers()[0]
+    if validity is not None and raw.offset:
+        validity = pa.array(raw.is_valid()).buffers()[1]
+    return pa.FixedSizeBinaryArray.from_buffers(HASH_TYPE, len(raw), [validity, pa.py_buffer(digests)])
+
+
+def _hashes_of_decodable(texts: pa.Array) -> pa.Array:
+    """Hashes where a text is valid UTF-8, null where it is not (slow path; such rows become dead letters)."""
     digests = [
         None if text is None else hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         for text in _python_strings(texts)
