@@ -181,24 +181,36 @@ def embed_tables(tables: PCollection, prepared: Prepared, label: str = "Embed") 
 
 
 def write_snapshot(
-    embedded: PCollection, failures: Sequence[PCollection], prepared: Prepared, folders: RunFolders
+    embedded: PCollection | Sequence[tuple[str, PCollection]],
+    failures: Sequence[PCollection],
+    prepared: Prepared,
+    folders: RunFolders,
 ) -> None:
-    """Write vector tables and dead letters into the staging folder."""
+    """Write vector tables and dead letters into the staging folder.
+
+    ``embedded`` is one PCollection of vector tables, or several ``(name, tables)`` parts, each
+    written by its own sink as ``part-<name>-*.parquet``. Parts made in different stages are not
+    flattened: on a local runner a Flatten across stages holds all its elements in memory.
+    """
     spec = prepared.input
     _, schema = prepared.schema
-    _ = (
-        embedded
-        | "Progress" >> beam.ParDo(ReportProgress()).with_output_types(pa.Table)
-        | "OutputColumns" >> beam.Map(to_output_table, schema).with_output_types(pa.Table)
-        | "WriteVectors"
-        >> WriteVectorTables(
-            folders.shard_prefix,
-            schema,
-            vector_columns=[EMBEDDING_COLUMN],
-            undictionary_columns=[spec.id_column, HASH_COLUMN],
-            byte_stream_split=prepared.byte_stream_split,
+    parts = [("", embedded)] if isinstance(embedded, PCollection) else list(embedded)
+    for name, tables in parts:
+        suffix = name.capitalize()
+        prefix = f"{folders.shard_prefix}-{name}" if name else folders.shard_prefix
+        _ = (
+            tables
+            | f"Progress{suffix}" >> beam.ParDo(ReportProgress()).with_output_types(pa.Table)
+            | f"OutputColumns{suffix}" >> beam.Map(to_output_table, schema).with_output_types(pa.Table)
+            | f"WriteVectors{suffix}"
+            >> WriteVectorTables(
+                prefix,
+                schema,
+                vector_columns=[EMBEDDING_COLUMN],
+                undictionary_columns=[spec.id_column, HASH_COLUMN],
+                byte_stream_split=prepared.byte_stream_split,
+            )
         )
-    )
     _ = (
         tuple(failures)
         | "AllFailures" >> beam.Flatten()

@@ -313,8 +313,8 @@ def build_pipeline(
         | "CopyVectors" >> beam.ParDo(CopyVectors()).with_output_types(pa.Table)
     )
     embedded, failed = embed_tables(joined[_TO_EMBED], prepared)
-    snapshot = (embedded, reused) | "Snapshot" >> beam.Flatten()
-    write_snapshot(snapshot, [failed, *read_failures], prepared, folders)
+    # part-new-*: rows embedded now; part-reused-*: unchanged rows with their previous vectors.
+    write_snapshot([("new", embedded), ("reused", reused)], [failed, *read_failures], prepared, folders)
     upsert_schema = pa.schema([schema.field(id_column), schema.field(EMBEDDING_COLUMN)], metadata=schema.metadata)
     _ = (
         embedded
