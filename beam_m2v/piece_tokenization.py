@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,44 @@ class PieceCache:
         return np.frombuffer(b"".join(chunks), dtype="<i4").astype(np.int32), offsets
 
 
+@dataclass(frozen=True)
+class SplitTexts:
+    """A batch of texts cut into pieces: each occurrence of a piece points at one distinct piece.
+
+    Text ``i`` is the occurrences ``text_bounds[i]:text_bounds[i + 1]``, in order; occurrence ``k``
+    is the piece ``distinct[occurrences[k]]``.
+    """
+
+    distinct: list[str]
+    occurrences: np.ndarray
+    text_bounds: np.ndarray
+
+
+def split_texts(texts: pa.Array) -> SplitTexts:
+    """Cut every text at the separators and deduplicate the pieces (all in Arrow)."""
+    pieces = pc.split_pattern(pc.replace_substring_regex(texts, "[\t\n\r]", " "), " ")
+    list_offsets = pieces.offsets.to_numpy()
+    encoded = pc.dictionary_encode(pieces.flatten())
+    return SplitTexts(
+        encoded.dictionary.to_pylist(),
+        encoded.indices.to_numpy().astype(np.int64, copy=False),
+        list_offsets - list_offsets[0],
+    )
+
+
+def gather_piece_ids(split: SplitTexts, distinct_ids: np.ndarray, distinct_offsets: np.ndarray) -> TokenIds:
+    """Every text's ids: the ids of its pieces' occurrences, one after the other."""
+    occurrences = split.occurrences
+    lengths = np.diff(distinct_offsets)[occurrences]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    total = int(ends[-1]) if ends.size else 0
+    source = np.arange(total, dtype=np.int64)
+    source += np.repeat(distinct_offsets[occurrences] - starts, lengths)
+    occurrence_bounds = np.concatenate(([0], ends))
+    return TokenIds(distinct_ids[source], occurrence_bounds[split.text_bounds])
+
+
 def piece_token_ids(tokenizer: Tokenizer, texts: pa.Array, cache: PieceCache | None = None) -> TokenIds:
     """The ids ``tokenizer.encode_batch(texts, add_special_tokens=False)`` gives, one flat array.
 
@@ -129,26 +168,12 @@ def piece_token_ids(tokenizer: Tokenizer, texts: pa.Array, cache: PieceCache | N
     """
     if len(texts) == 0:
         return TokenIds(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
-    pieces = pc.split_pattern(pc.replace_substring_regex(texts, "[\t\n\r]", " "), " ")
-    list_offsets = pieces.offsets.to_numpy()
-    pieces_per_text_bounds = list_offsets - list_offsets[0]
-    encoded = pc.dictionary_encode(pieces.flatten())
-    distinct = encoded.dictionary.to_pylist()
+    split = split_texts(texts)
     if cache is None:
-        distinct_ids, distinct_offsets = _distinct_piece_ids(tokenizer, distinct)
+        distinct_ids, distinct_offsets = _distinct_piece_ids(tokenizer, split.distinct)
     else:
-        distinct_ids, distinct_offsets = cache.ids_of(tokenizer, distinct)
-    occurrences = encoded.indices.to_numpy().astype(np.int64, copy=False)
-
-    lengths = np.diff(distinct_offsets)[occurrences]
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    total = int(ends[-1]) if ends.size else 0
-    source = np.arange(total, dtype=np.int64)
-    source += np.repeat(distinct_offsets[occurrences] - starts, lengths)
-    ids = distinct_ids[source]
-    occurrence_bounds = np.concatenate(([0], ends))
-    return TokenIds(ids, occurrence_bounds[pieces_per_text_bounds])
+        distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct)
+    return gather_piece_ids(split, distinct_ids, distinct_offsets)
 
 
 def _distinct_piece_ids(tokenizer: Tokenizer, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
