@@ -9,6 +9,7 @@ from beam_m2v.loading import load_model
 __version__ = "0.1.0"
 
 _BEAM_NAMES = {
+    "ArrowTableCoder",
     "EmbedResult",
     "EmbedTables",
     "EmbedText",
@@ -16,6 +17,7 @@ _BEAM_NAMES = {
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelSpec",
+    "register_arrow_table_coder",
 }
 
 
@@ -29,6 +31,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ArrowTableCoder",
     "EmbedResult",
     "EmbedTables",
     "EmbedText",
@@ -43,4 +46,5 @@ __all__ = [
     "StaticEmbedder",
     "__version__",
     "load_model",
+    "register_arrow_table_coder",
 ]

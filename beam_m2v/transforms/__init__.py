@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from beam_m2v.transforms.arrow_coder import ArrowTableCoder, register_arrow_table_coder
 from beam_m2v.transforms.dead_letters import FailedElement
 from beam_m2v.transforms.embed_tables import EmbedTables
 from beam_m2v.transforms.embed_text import EmbedResult, EmbedText
@@ -10,6 +11,7 @@ from beam_m2v.transforms.ml_transform import Model2VecEmbeddings
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
 
 __all__ = [
+    "ArrowTableCoder",
     "EmbedResult",
     "EmbedTables",
     "EmbedText",
@@ -18,4 +20,5 @@ __all__ = [
     "Model2VecModelHandler",
     "ModelSpec",
     "acquire_model",
+    "register_arrow_table_coder",
 ]
