@@ -132,13 +132,8 @@ class StaticEmbedder:
         return self._apply_rules(self._ids_text_by_text(texts))
 
     def _array_token_ids(self, texts: pa.Array) -> TokenIds:
-        """``token_ids`` of an Arrow string array without nulls, piece by piece when the tokenizer allows."""
-        if not self._prepared.by_piece:
-            return self._apply_rules(self._ids_text_by_text(texts.to_pylist()))
-        limit = self._char_limit
-        if limit is not None and len(texts) and pc.max(pc.binary_length(texts)).as_py() > limit:
-            # A text of at most ``limit`` bytes has at most ``limit`` characters: most batches skip the cut.
-            texts = pc.utf8_slice_codeunits(texts, 0, limit)
+        """``token_ids`` of an Arrow string array without nulls, piece by piece (``by_piece`` tokenizers only)."""
+        texts = cut_characters(texts, self._char_limit)
         try:
             raw = piece_token_ids(self._tokenizer, texts, self._prepared.piece_cache)
         except Exception:
@@ -272,6 +267,14 @@ class StaticEmbedder:
         else:
             vectors, mask = present, None
         return vector_array(vectors, mask), tokens
+
+
+def cut_characters(texts: pa.Array, limit: int | None) -> pa.Array:
+    """model2vec's character pre-truncation of an Arrow string array: each text's first ``limit`` characters."""
+    # A text of at most ``limit`` bytes has at most ``limit`` characters: most batches skip the cut.
+    if limit is None or len(texts) == 0 or pc.max(pc.binary_length(texts)).as_py() <= limit:
+        return texts
+    return pc.utf8_slice_codeunits(texts, 0, limit)
 
 
 def arrow_texts(texts: Sequence[object]) -> pa.Array:

@@ -52,7 +52,7 @@ from proc_memory import mapping_pss, smaps_rollup  # noqa: E402  (bench/ is on s
 from tokenizers import Tokenizer  # noqa: E402
 
 import beam_m2v  # noqa: E402
-from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, vector_array  # noqa: E402
+from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, cut_characters, vector_array  # noqa: E402
 from beam_m2v.piece_tokenization import PieceCache, gather_piece_ids, split_texts  # noqa: E402
 from beam_m2v.pooling import mean_pool, sum_rows  # noqa: E402
 
@@ -308,8 +308,6 @@ def profile_stages(
     Serial, so that stages do not overlap and their wall times add up; the tokenizer call itself
     still runs on rayon (both cores) as it does inside ``encode``. The piece cache starts empty.
     """
-    import pyarrow.compute as pc
-
     settings, matrix = embedder.settings, embedder.matrix
     if settings.semantics is not beam_m2v.Semantics.MODEL2VEC or not embedder._prepared.by_piece:
         print("(stage profile replays the piece-by-piece path with model2vec semantics; skipped)")
@@ -326,8 +324,7 @@ def profile_stages(
     for start in range(0, len(array), PIECE_SLICE):
         texts = array.slice(start, PIECE_SLICE)
         with stages.stage("other: character cut (if a text is longer)"):
-            if limit is not None and pc.max(pc.binary_length(texts)).as_py() > limit:
-                texts = pc.utf8_slice_codeunits(texts, 0, limit)
+            texts = cut_characters(texts, limit)
         with stages.stage("ids: split + dedup pieces (Arrow)"):
             split = split_texts(texts)
         with stages.stage("tokenize: distinct pieces (cache, encode_batch)"):

@@ -928,10 +928,8 @@ class Stages:
 
 def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     """pipelines.embed's per-table work, replayed serially stage by stage on the same row groups."""
-    import pyarrow.compute as pc
-
     from beam_m2v import load_model
-    from beam_m2v.encoder import PIECE_SLICE, vector_array
+    from beam_m2v.encoder import PIECE_SLICE, cut_characters, vector_array
     from beam_m2v.piece_tokenization import gather_piece_ids, split_texts
     from beam_m2v.pooling import mean_pool
     from beam_m2v.transforms.embed_tables import _row_problems
@@ -974,8 +972,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
         for start in range(0, len(column), PIECE_SLICE):
             texts = column.slice(start, PIECE_SLICE)
             with stages.stage("character cut (utf8_slice, only if a text is longer)"):
-                if limit is not None and pc.max(pc.binary_length(texts)).as_py() > limit:
-                    texts = pc.utf8_slice_codeunits(texts, 0, limit)
+                texts = cut_characters(texts, limit)
             with stages.stage("split at whitespace + deduplicate pieces (Arrow)"):
                 split = split_texts(texts)
             with stages.stage("ids of distinct pieces (cache + encode_batch of new ones)"):

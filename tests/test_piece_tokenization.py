@@ -211,3 +211,12 @@ def test_cache_is_shared_by_embedders_of_one_model(model_64_path, corpus_texts):
     # Cached ids are raw ids: truncation and unknown-dropping still apply per embedder.
     fresh = load_model(model_64_path, max_length=8)
     assert np.array_equal(shorter.encode(corpus_texts[:500]), fresh.encode(corpus_texts[:500]))
+
+
+def test_character_cut_counts_characters_like_python_slicing():
+    from beam_m2v.encoder import cut_characters
+
+    texts = ["héllo wörld", "😀" * 10, "abc", "", "日本語のテキスト" * 3]
+    for limit in (0, 1, 3, 5, 100):
+        assert cut_characters(pa.array(texts), limit).to_pylist() == [text[:limit] for text in texts]
+    assert cut_characters(pa.array(texts), None).to_pylist() == texts
