@@ -141,12 +141,18 @@ class ReadRowGroup(beam.DoFn):  # type: ignore[misc]
         self._rows_read = Metrics.counter("beam_m2v", self._counter)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
-        """Read the row group ``item`` names."""
-        path, group, first_row = item
+        """Read the row group ``item`` names, with the ``__source`` / ``__position`` columns."""
+        path, _, first_row = item
+        table = self.read(item)
+        yield with_positions(table, path, np.arange(first_row, first_row + len(table)))
+
+    def read(self, item: tuple[str, int, int]) -> pa.Table:
+        """The row group's columns (text as plain strings), counted."""
+        path, group, _ = item
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             table = pq.ParquetFile(handle).read_row_group(group, columns=self._columns)
         self._rows_read.inc(len(table))
-        yield with_positions(plain_strings(table), path, np.arange(first_row, first_row + len(table)))
+        return plain_strings(table)
 
 
 class ReadJsonLines(beam.DoFn):  # type: ignore[misc]

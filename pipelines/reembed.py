@@ -50,7 +50,7 @@ from pipelines.embed import (
     write_snapshot,
 )
 from pipelines.embed import finish_manifest as embed_manifest
-from pipelines.inputs import InputError, ListRowGroups
+from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
 from pipelines.outputs import (
     EMBEDDING_COLUMN,
     MANIFEST_NAME,
@@ -102,22 +102,16 @@ class SplitByBucket(beam.DoFn):  # type: ignore[misc]
                 yield int(sorted_buckets[start]), (self._side, part)
 
 
-class ReadPreviousKeys(beam.DoFn):  # type: ignore[misc]
+class ReadPreviousKeys(ReadRowGroup):
     """Read the ids and text hashes of one previous row group, with where each row's vector lies."""
 
     def __init__(self, id_column: str) -> None:
-        self._id_column = id_column
-
-    def setup(self) -> None:
-        """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "previous_rows_read")
+        super().__init__([id_column, HASH_COLUMN], counter="previous_rows_read")
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
         """The keys of the row group ``item`` names (``ListRowGroups``'s items)."""
         path, group, _ = item
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            table = pq.ParquetFile(handle).read_row_group(group, columns=[self._id_column, HASH_COLUMN])
-        self._rows_read.inc(len(table))
+        table = self.read(item)
         rows = len(table)
         files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([path]))
         yield (
