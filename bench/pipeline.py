@@ -215,6 +215,18 @@ def section(title: str) -> None:
     print(line())
 
 
+def machine() -> str:
+    """CPU model, logical CPUs, memory and kernel of this machine, in one line."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    memory = psutil.virtual_memory().total / 1024**3
+    return f"{model}, {os.cpu_count()} logical CPUs, {memory:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
 def loadavg() -> str:
     with open("/proc/loadavg", encoding="ascii") as handle:
         return " ".join(handle.read().split()[:3])
@@ -1080,6 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"scaling {'on' if args.scaling else 'off'}, "
         f"runner FnApiRunner (pipelines.embed's default), loadavg {loadavg()}"
     )
+    print(f"machine  {machine()}")
     print(f"scratch  {work}")
     started = time.perf_counter()
     try:
