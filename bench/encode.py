@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,28 +39,26 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, line, loadavg, section, start_children
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import tokenizers  # noqa: E402
-from proc_memory import mapping_pss, smaps_rollup  # noqa: E402  (bench/ is on sys.path as a script)
-from tokenizers import Tokenizer  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tokenizers
+from proc_memory import mapping_pss, smaps_rollup
+from tokenizers import Tokenizer
 
-import beam_m2v  # noqa: E402
-from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, cut_characters, vector_array  # noqa: E402
-from beam_m2v.piece_tokenization import PieceCache, gather_piece_ids, split_texts  # noqa: E402
-from beam_m2v.pooling import mean_pool, sum_rows  # noqa: E402
+import beam_m2v
+from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, cut_characters, vector_array
+from beam_m2v.piece_tokenization import PieceCache, gather_piece_ids, split_texts
+from beam_m2v.pooling import mean_pool, sum_rows
 
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "linux-doc-6.1-paragraphs.parquet"
-DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"
 QUICK_TEXTS = 20_000
 TOKENIZER_BATCH = 1024
 LOAD_REPEATS = 5
-MIB = 1024 * 1024
 
 # Targets from the issue.
 TARGET_VS_MODEL2VEC = 1.1
@@ -98,16 +95,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- small helpers -------------------------------------------------------------------------------
 
 
-def line(char: str = "-", width: int = 100) -> str:
-    return char * width
-
-
-def section(title: str) -> None:
-    print()
-    print(title)
-    print(line())
-
-
 @contextmanager
 def restored_env(name: str) -> Iterator[None]:
     """Put ``os.environ[name]`` back as it was (model2vec's thread pool sets TOKENIZERS_PARALLELISM=false)."""
@@ -135,11 +122,6 @@ def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def timed(fn: Callable[[], Any]) -> float:
     return timed_cpu(fn)[0]
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg", encoding="ascii") as handle:
-        return " ".join(handle.read().split()[:3])
 
 
 # -- throughput ----------------------------------------------------------------------------------
@@ -454,17 +436,7 @@ STEPS = ("imported", "loaded", "touched")
 
 def child_states(kind: str, model: Path, count: int, matrix_path: str) -> list[dict[str, dict[str, int]]]:
     """Start ``count`` processes that load the model; measure all of them after each step, in lockstep."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, kind, str(model)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(count)
-    ]
+    children = start_children(CHILD, kind, str(model), count=count)
     states: list[dict[str, dict[str, int]]] = [{} for _ in children]
     try:
         for step in STEPS:

@@ -51,24 +51,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import bench_common  # bench/ is on sys.path as a script
 import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-if TYPE_CHECKING:
-    pass
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, loadavg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 #: The copy of beam_m2v/ and pipelines/ every contender runs (set by ``snapshot_code``).
 CODE: Path = REPO
 
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "linux-doc-6.1-paragraphs.parquet"
-DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"
 DEFAULT_SCALE = 5
 QUICK_BASELINE_ROWS = 20_000
 ROW_GROUP_ROWS = 50_000  # the shared corpus's own row groups; pipelines.embed reads one table per row group
@@ -76,7 +72,7 @@ SCALING_ROWS = (100_000, 1_000_000)
 CHANGE_EVERY = 100  # reembed: every 100th text edited = 1% of the rows
 EDIT_SUFFIX = " (edited)"
 POLL_S = 0.05
-MIB = 1024 * 1024
+WIDTH = 124
 
 # Targets from the issue.
 TARGET_VS_PLAIN = 1.0
@@ -205,14 +201,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- small helpers -------------------------------------------------------------------------------
 
 
-def line(char: str = "-", width: int = 124) -> str:
-    return char * width
+def line(char: str = "-") -> str:
+    return bench_common.line(char, WIDTH)
 
 
 def section(title: str) -> None:
-    print()
-    print(title)
-    print(line())
+    bench_common.section(title, WIDTH)
 
 
 def machine() -> str:
@@ -225,11 +219,6 @@ def machine() -> str:
         pass
     memory = psutil.virtual_memory().total / 1024**3
     return f"{model}, {os.cpu_count()} logical CPUs, {memory:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg", encoding="ascii") as handle:
-        return " ".join(handle.read().split()[:3])
 
 
 def parquet_files(path: Path) -> list[Path]:

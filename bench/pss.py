@@ -21,16 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from proc_memory import mapping_pss, smaps_rollup  # bench/ is on sys.path when run as a script
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"
-MIB = 1024 * 1024
+from bench_common import DEFAULT_MODEL, MIB, start_children  # bench/ is on sys.path when run as a script
+from proc_memory import mapping_pss, smaps_rollup
 
 CHILD = r"""
 import os, sys
@@ -54,17 +50,7 @@ sys.stdin.readline()
 
 def measure(kind: str, model: Path, count: int, matrix_path: str) -> list[dict[str, int]]:
     """Start ``count`` processes; once all have loaded and touched the model, measure each."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, kind, str(model)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(count)
-    ]
+    children = start_children(CHILD, kind, str(model), count=count)
     try:
         checksums = set()
         for child in children:

@@ -24,20 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import REPO
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from safetensors.numpy import load_file  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
 
-import beam_m2v  # noqa: E402
-from beam_m2v.tokenization import median_token_length, unknown_token_id  # noqa: E402
+import beam_m2v
+from beam_m2v.tokenization import median_token_length, unknown_token_id
 
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "linux-doc-6.1-paragraphs.parquet"
-DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"
 MAX_TOKENS = 512
 
 
