@@ -70,10 +70,10 @@ def subprocess_env() -> dict[str, str]:
     }
 
 
-def embed_module(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """``python -m pipelines.embed ARGS`` with this interpreter."""
+def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a command with ``subprocess_env()``, capturing its output as text."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.embed", *args],
+        argv,
         cwd=cwd,
         env=subprocess_env(),
         capture_output=True,
@@ -82,22 +82,18 @@ def embed_module(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[st
         timeout=600,
         check=False,
     )
+
+
+def embed_module(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """``python -m pipelines.embed ARGS`` with this interpreter."""
+    return run_command([sys.executable, "-m", "pipelines.embed", *args], cwd)
 
 
 def embed_console(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``beam-m2v embed ARGS``: the console script installed next to this interpreter."""
     script = Path(sys.executable).parent / "beam-m2v"
     assert script.exists(), script
-    return subprocess.run(
-        [str(script), "embed", *args],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=600,
-        check=False,
-    )
+    return run_command([str(script), "embed", *args], cwd)
 
 
 def succeeded(process: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
