@@ -21,6 +21,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.iobase import Write
 from apache_beam.io.textio import WriteToText
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -56,7 +57,7 @@ from pipelines.outputs import (
     to_output_table,
     write_manifest,
 )
-from pipelines.parquet_sink import WriteVectorTables
+from pipelines.parquet_sink import VectorParquetSink
 from pipelines.progress import ReportProgress
 
 logger = logging.getLogger("beam_m2v.embed")
@@ -203,12 +204,14 @@ def write_snapshot(
             | f"Progress{suffix}" >> beam.ParDo(ReportProgress()).with_output_types(pa.Table)
             | f"OutputColumns{suffix}" >> beam.Map(to_output_table, schema).with_output_types(pa.Table)
             | f"WriteVectors{suffix}"
-            >> WriteVectorTables(
-                prefix,
-                schema,
-                vector_columns=[EMBEDDING_COLUMN],
-                undictionary_columns=[spec.id_column, HASH_COLUMN],
-                byte_stream_split=prepared.byte_stream_split,
+            >> Write(
+                VectorParquetSink(
+                    prefix,
+                    schema,
+                    vector_columns=[EMBEDDING_COLUMN],
+                    undictionary_columns=[spec.id_column, HASH_COLUMN],
+                    byte_stream_split=prepared.byte_stream_split,
+                )
             )
         )
     _ = (

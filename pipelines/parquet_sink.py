@@ -16,13 +16,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.iobase import Write
-from apache_beam.pvalue import PCollection
 
 
 class _OpenShard:
@@ -106,29 +103,3 @@ class VectorParquetSink(filebasedsink.FileBasedSink):
             file_handle.close()
         finally:
             super().close(file_handle.handle)
-
-
-class WriteVectorTables(beam.PTransform[PCollection[pa.Table], Any]):
-    """Write a PCollection of vector tables to Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``."""
-
-    def __init__(
-        self,
-        file_path_prefix: str,
-        schema: pa.Schema,
-        *,
-        vector_columns: Sequence[str],
-        undictionary_columns: Sequence[str] = (),
-        byte_stream_split: bool = True,
-    ) -> None:
-        super().__init__()
-        self._sink = VectorParquetSink(
-            file_path_prefix,
-            schema,
-            vector_columns=vector_columns,
-            undictionary_columns=undictionary_columns,
-            byte_stream_split=byte_stream_split,
-        )
-
-    def expand(self, pcoll: PCollection[pa.Table]) -> Any:
-        """Write every table through the sink."""
-        return pcoll | Write(self._sink)

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.iobase import Write
 from apache_beam.metrics.metric import Metrics
 
 from beam_m2v.remote_files import is_remote
@@ -59,7 +60,7 @@ from pipelines.outputs import (
     matching_paths,
     read_manifest,
 )
-from pipelines.parquet_sink import WriteVectorTables
+from pipelines.parquet_sink import VectorParquetSink
 
 logger = logging.getLogger("beam_m2v.reembed")
 
@@ -317,20 +318,24 @@ def build_pipeline(
             pa.Table
         )
         | "WriteUpserts"
-        >> WriteVectorTables(
-            os.path.join(folders.staging, CHANGES_DIR, "upserts"),
-            upsert_schema,
-            vector_columns=[EMBEDDING_COLUMN],
-            undictionary_columns=[id_column],
-            byte_stream_split=prepared.byte_stream_split,
+        >> Write(
+            VectorParquetSink(
+                os.path.join(folders.staging, CHANGES_DIR, "upserts"),
+                upsert_schema,
+                vector_columns=[EMBEDDING_COLUMN],
+                undictionary_columns=[id_column],
+                byte_stream_split=prepared.byte_stream_split,
+            )
         )
     )
     delete_schema = pa.schema([schema.field(id_column)])
-    _ = joined[_DELETES] | "WriteDeletes" >> WriteVectorTables(
-        os.path.join(folders.staging, CHANGES_DIR, "deletes"),
-        delete_schema,
-        vector_columns=[],
-        undictionary_columns=[id_column],
+    _ = joined[_DELETES] | "WriteDeletes" >> Write(
+        VectorParquetSink(
+            os.path.join(folders.staging, CHANGES_DIR, "deletes"),
+            delete_schema,
+            vector_columns=[],
+            undictionary_columns=[id_column],
+        )
     )
 
 
