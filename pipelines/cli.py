@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from pipelines.process_exit import exit_process
 
 USAGE = """usage: beam-m2v {embed,reembed,show} [options]
 
@@ -37,5 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def entry_point() -> NoReturn:
+    """The installed ``beam-m2v`` script: run ``main`` on the command line's arguments and exit without teardown."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -58,6 +58,7 @@ from pipelines.outputs import (
     write_manifest,
 )
 from pipelines.parquet_sink import VectorParquetSink
+from pipelines.process_exit import exit_process
 from pipelines.progress import ReportProgress
 
 logger = logging.getLogger("beam_m2v.embed")
@@ -363,4 +364,4 @@ def configure_logging() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

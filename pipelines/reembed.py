@@ -21,7 +21,6 @@ import argparse
 import datetime
 import logging
 import os
-import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -61,6 +60,7 @@ from pipelines.outputs import (
     read_manifest,
 )
 from pipelines.parquet_sink import VectorParquetSink
+from pipelines.process_exit import exit_process
 
 logger = logging.getLogger("beam_m2v.reembed")
 
@@ -405,4 +405,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

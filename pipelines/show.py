@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 import pyarrow.dataset as ds
 
 from pipelines.outputs import read_manifest
+from pipelines.process_exit import exit_process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,4 +33,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
