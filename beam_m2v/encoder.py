@@ -135,7 +135,7 @@ class StaticEmbedder:
         """``token_ids`` of an Arrow string array without nulls, piece by piece (``by_piece`` tokenizers only)."""
         texts = cut_characters(texts, self._char_limit)
         try:
-            raw = piece_token_ids(self._tokenizer, texts, self._prepared.piece_cache)
+            raw = piece_token_ids(self._tokenizer, texts, self._prepared.piece_cache, self._prepared.piece_punctuation)
         except Exception:
             if self.settings.semantics is not Semantics.SEED:
                 raise

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
-from beam_m2v.piece_tokenization import PieceCache, splits_into_independent_pieces
+from beam_m2v.piece_tokenization import (
+    PieceCache,
+    punctuation_split_characters,
+    splits_into_independent_pieces,
+    tokenizer_config,
+)
 
 
 def unknown_token_id(tokenizer: Tokenizer) -> int | None:
@@ -79,6 +84,8 @@ class PreparedTokenizer:
     """Seed semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
     by_piece: bool = False
     """Whether ids may be found piece by piece (``piece_tokenization``): same ids, much faster."""
+    piece_punctuation: str = ""
+    """ASCII punctuation at which new pieces are cut too (by_piece only; ``punctuation_split_characters``)."""
     piece_cache: PieceCache = field(default_factory=PieceCache, compare=False, repr=False)
     """Ids of the pieces seen so far (by_piece only), shared by every embedder of this tokenizer."""
 
@@ -86,16 +93,20 @@ class PreparedTokenizer:
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """No padding, no truncation (done on the ids), unknown id and median length as model2vec finds them."""
         copy = model2vec_tokenizer(tokenizer)
+        config = tokenizer_config(copy)
         return cls(
             copy,
             unknown_token_id(tokenizer),
             median_token_length(tokenizer),
-            by_piece=splits_into_independent_pieces(copy),
+            by_piece=splits_into_independent_pieces(copy, config),
+            piece_punctuation=punctuation_split_characters(copy, config),
         )
 
     @classmethod
     def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
         copy, pad_to_multiple_of = seed_tokenizer(tokenizer)
-        by_piece = pad_to_multiple_of is None and splits_into_independent_pieces(copy)
-        return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece)
+        config = tokenizer_config(copy)
+        by_piece = pad_to_multiple_of is None and splits_into_independent_pieces(copy, config)
+        punctuation = punctuation_split_characters(copy, config) if by_piece else ""
+        return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece, piece_punctuation=punctuation)

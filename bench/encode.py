@@ -296,6 +296,7 @@ def profile_stages(
         return {}
     limit = embedder._char_limit
     tokenizer = embedder.tokenizer
+    punctuation = embedder._prepared.piece_punctuation
     cache = PieceCache()
     stages = Stages()
     sum_rows_alone = Stages()
@@ -309,8 +310,8 @@ def profile_stages(
             texts = cut_characters(texts, limit)
         with stages.stage("ids: split + dedup pieces (Arrow)"):
             split = split_texts(texts)
-        with stages.stage("tokenize: distinct pieces (cache, encode_batch)"):
-            distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct)
+        with stages.stage("tokenize: distinct pieces (cache; new ones cut at punctuation, encode_batch)"):
+            distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct, punctuation)
         with stages.stage("ids: gather per occurrence"):
             token_ids = gather_piece_ids(split, distinct_ids, distinct_offsets)
         with stages.stage("ids: truncate + drop unknown"):

@@ -941,6 +941,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     embedder = load_model(model)
     settings, matrix = embedder.settings, embedder.matrix
     limit, tokenizer, cache = embedder._char_limit, embedder.tokenizer, embedder._prepared.piece_cache
+    punctuation = embedder._prepared.piece_punctuation
     assert embedder._prepared.by_piece, "the replay follows the piece-by-piece path"
     reference = load_model(model)  # its own piece cache, so the check below does not warm the replay's
     parquet = pq.ParquetFile(source)
@@ -976,8 +977,8 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
                 texts = cut_characters(texts, limit)
             with stages.stage("split at whitespace + deduplicate pieces (Arrow)"):
                 split = split_texts(texts)
-            with stages.stage("ids of distinct pieces (cache + encode_batch of new ones)"):
-                distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct)
+            with stages.stage("ids of distinct pieces (cache; new ones cut at punctuation, encode_batch)"):
+                distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct, punctuation)
             with stages.stage("gather ids per occurrence"):
                 token_ids = gather_piece_ids(split, distinct_ids, distinct_offsets)
             with stages.stage("truncate + drop unknown ids"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import string
 
 import numpy as np
 import pyarrow as pa
@@ -12,20 +13,28 @@ from tiny_models import make_tokenizer
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
 from beam_m2v import load_model
-from beam_m2v.piece_tokenization import PieceCache, piece_token_ids, splits_into_independent_pieces
+from beam_m2v.piece_tokenization import (
+    PieceCache,
+    piece_token_ids,
+    punctuation_split_characters,
+    splits_into_independent_pieces,
+)
 from beam_m2v.token_ids import flatten_ids
 from beam_m2v.tokenization import model2vec_tokenizer
 
 #: Characters that stress the argument for splitting: the separators themselves, whitespace and
 #: control characters that are NOT separators (\x0b and \x0c are removed by BERT's clean_text, so
 #: they join words), Unicode spaces and line breaks, combining marks, CJK (padded with spaces by
-#: the BERT normalizer), final sigma, punctuation, digits, U+FFFD and NUL (removed), emoji.
+#: the BERT normalizer), final sigma, punctuation, digits, U+FFFD and NUL (removed), emoji; for the
+#: cut at punctuation: U+0338 (composes with "=" under NFC), runs of punctuation, non-ASCII
+#: punctuation, characters NFKC turns into punctuation.
 ALPHABET = [
     *"abcdefghijklmnopqrstuvwxyzABCXYZ0123456789",
     *[" ", " ", " ", "\t", "\n", "\r", "\r\n", "  "],
     *["\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\x00", "\ufffd"],
     *["\u0301", "\u0308", "é", "È", "ß", "Σ", "ς", "İ", "中", "文", "日本", "\U0001f600"],
     *".,;:!?'\"()[]{}-_/\\#@%^&*+=<>|~`",
+    *["\u0338", "\u2260", "...", "\u2019", "\uff01", "\u2048", "::", "->", "c++", "(see", "a.b", "e.g."],
     *["[UNK]", "[MASK]", "[PAD]", "##", "the", "quick", "kernel", "documentation", "x" * 101],
 ]
 
@@ -47,10 +56,14 @@ def reference_ids(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, n
 
 
 def assert_same_ids(tokenizer: Tokenizer, texts: list[str]) -> None:
+    """Pieces at whitespace only, and also cut at the tokenizer's punctuation (if any), without and with a cache."""
     expected_ids, expected_offsets = reference_ids(tokenizer, texts)
-    got = piece_token_ids(tokenizer, pa.array(texts, type=pa.large_string()))
-    assert np.array_equal(got.offsets, expected_offsets)
-    assert np.array_equal(got.ids, expected_ids)
+    array = pa.array(texts, type=pa.large_string())
+    punctuation = punctuation_split_characters(tokenizer)
+    for cut_at, cache in [("", None), (punctuation, None), (punctuation, PieceCache())]:
+        got = piece_token_ids(tokenizer, array, cache, cut_at)
+        assert np.array_equal(got.offsets, expected_offsets), f"punctuation {cut_at!r}"
+        assert np.array_equal(got.ids, expected_ids), f"punctuation {cut_at!r}"
 
 
 def shared_tokenizer(model_path: object) -> Tokenizer:
@@ -139,15 +152,59 @@ def test_configurations_that_break_independence_are_not_eligible(model_256_path)
     )
 
 
+def test_punctuation_cut_only_where_it_is_exact(model_256_path):
+    def variant(edit):
+        tokenizer = shared_tokenizer(model_256_path)
+        edit(tokenizer)
+        return punctuation_split_characters(tokenizer)
+
+    # The special tokens hold "[" and "]": a literal "[UNK]" must reach the tokenizer whole.
+    assert variant(lambda t: None) == "".join(c for c in string.punctuation if c not in "[]")
+    assert variant(lambda t: t.add_tokens(["foo.bar", AddedToken("<eos>", special=True)])) == "".join(
+        c for c in string.punctuation if c not in "[].<>"
+    )
+    assert variant(lambda t: t.add_tokens([AddedToken("word", single_word=True)])) == ""
+    assert variant(lambda t: setattr(t, "pre_tokenizer", pre_tokenizers.Whitespace())) == ""
+    assert variant(lambda t: setattr(t, "normalizer", normalizers.NFKC())) == ""
+    assert variant(lambda t: setattr(t, "normalizer", normalizers.Sequence([normalizers.NFC()]))) == ""
+    assert variant(lambda t: t.enable_padding(pad_to_multiple_of=8)) == ""
+    nfd_lower = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    assert variant(lambda t: setattr(t, "normalizer", nfd_lower)) != ""
+
+
+def test_cutting_where_it_is_not_exact_would_change_ids(model_256_path):
+    """Why the rules above: each excluded case gives other ids if pieces were cut at punctuation anyway."""
+    composing = shared_tokenizer(model_256_path)
+    composing.normalizer = normalizers.NFC()  # "=" + U+0338 becomes "≠", a symbol, not punctuation
+    keeps_runs = shared_tokenizer(model_256_path)
+    keeps_runs.pre_tokenizer = pre_tokenizers.Whitespace()  # "..." stays one word
+    special = shared_tokenizer(model_256_path)  # "[UNK]" is one added token
+    for tokenizer, text in [(composing, "a=\u0338b"), (keeps_runs, "wait... what"), (special, "x[UNK]y")]:
+        expected, _ = reference_ids(tokenizer, [text])
+        cut = piece_token_ids(tokenizer, pa.array([text]), punctuation=string.punctuation)
+        assert not np.array_equal(cut.ids, expected), text
+        assert np.array_equal(piece_token_ids(tokenizer, pa.array([text]), punctuation="").ids, expected)
+
+
+def test_added_tokens_with_punctuation_match(model_256_path):
+    tokenizer = shared_tokenizer(model_256_path)
+    tokenizer.add_special_tokens([AddedToken("<eos>", lstrip=True, rstrip=True)])
+    tokenizer.add_tokens([AddedToken("foo.bar"), AddedToken("c++", normalized=False), AddedToken("kernel-doc")])
+    assert punctuation_split_characters(tokenizer) == "".join(c for c in string.punctuation if c not in "[].<>+-")
+    texts = ["x<eos>y (foo.bar) foo.barfoo.bar", "c++/c++c, C++", "Kernel-Doc's kernel-doc: kernel--doc", "[CLS]."]
+    assert_same_ids(tokenizer, texts + random_texts(300, 13))
+
+
 @pytest.mark.parametrize(
     "pre_tokenizer",
     [
+        pre_tokenizers.BertPreTokenizer(),
         pre_tokenizers.Whitespace(),
         pre_tokenizers.WhitespaceSplit(),
         pre_tokenizers.Sequence([pre_tokenizers.Punctuation(), pre_tokenizers.WhitespaceSplit()]),
         pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]),
     ],
-    ids=["whitespace", "whitespace_split", "punctuation_then_split", "split_then_digits"],
+    ids=["bert", "whitespace", "whitespace_split", "punctuation_then_split", "split_then_digits"],
 )
 @pytest.mark.parametrize(
     "normalizer",
