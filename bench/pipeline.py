@@ -34,6 +34,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import compileall
 import gc
 import json
 import math
@@ -323,12 +324,15 @@ def snapshot_code(work: Path) -> dict[str, Any]:
     """Copy beam_m2v/ and pipelines/ into the scratch folder and import them from there.
 
     Every process of the run (and this one) then runs the same code, even when the working tree
-    changes while the benchmark runs.
+    changes while the benchmark runs. The copy is compiled to bytecode, as ``pip install`` does
+    for an installed package (and for model2vec and Beam here): with PYTHONDONTWRITEBYTECODE set,
+    as on these machines, every process would otherwise compile beam_m2v and pipelines afresh.
     """
     global CODE
     CODE = work / "code"
     for package in ("beam_m2v", "pipelines"):
         shutil.copytree(REPO / package, CODE / package, ignore=shutil.ignore_patterns("__pycache__"))
+        compileall.compile_dir(CODE / package, quiet=1)
     sys.path.insert(0, str(CODE))
 
     def git(*argv: str) -> str:
