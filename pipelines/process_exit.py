@@ -9,9 +9,10 @@ exits 0.4 s later than the same with ``os._exit``; after an embed run, 0.5-0.6 s
 run on a small corpus. The operating system frees memory faster. mypy ends the same way
 (``util.hard_exit``).
 
-Only the command-line entry points use this, after the pipeline is done and every output file is
-closed and published. ``main(argv)`` functions return their exit code and never call it, so
-programs and tests that call them in-process keep running.
+Only the command-line entry points use this, after the pipeline is done and every output file
+is closed and published, and only when no profiler or tracer is attached. ``main(argv)``
+functions return their exit code and never call it, so programs and tests that call them
+in-process keep running.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from typing import NoReturn
 
 
 def exit_process(code: int) -> NoReturn:
-    """Exit with ``code`` after joining threads, running atexit handlers and flushing output; skip teardown."""
+    """Exit with ``code`` after joining threads, running atexit handlers and flushing output; skip teardown.
+
+    Under a profiler or debugger (``python -m cProfile``, pdb, coverage's tracer) it exits
+    normally instead: those write their results once the program returns.
+    """
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     try:
         shutdown_threads = getattr(threading, "_shutdown", None)
         if shutdown_threads is not None:

@@ -56,6 +56,17 @@ def test_exit_code_zero(tmp_path: Path) -> None:
     assert run_child(tmp_path, 0).returncode == 0
 
 
+def test_a_profiler_still_writes_its_results(tmp_path: Path) -> None:
+    """``python -m cProfile -o FILE`` writes FILE after the program returns: exit_process lets it."""
+    script = tmp_path / "child.py"
+    script.write_text("from pipelines.process_exit import exit_process\nexit_process(0)\n")
+    profile = tmp_path / "child.prof"
+    command = [sys.executable, "-m", "cProfile", "-o", str(profile), str(script)]
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert process.returncode == 0, process.stderr
+    assert profile.exists() and profile.stat().st_size > 0
+
+
 def test_main_returns_in_process(capsys: object) -> None:
     """``main`` is callable from a program or a test: it returns its code, it does not exit."""
     assert cli.main(["--help"]) == 0
