@@ -184,12 +184,12 @@ class StaticEmbedder:
         """Vectors of one chunk and the number of tokens pooled."""
         return self._pool(self.token_ids(texts))
 
-    def _pool(self, token_ids: TokenIds) -> tuple[np.ndarray, int]:
-        """Vectors of pooled ids and the number of tokens pooled."""
+    def _pool(self, token_ids: TokenIds, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Vectors of pooled ids (written into ``out`` if given) and the number of tokens pooled."""
         if self.settings.semantics is Semantics.SEED:
-            vectors = seed_pool(self.matrix, token_ids, normalize=self.settings.normalize)
+            vectors = seed_pool(self.matrix, token_ids, normalize=self.settings.normalize, out=out)
         else:
-            vectors = mean_pool(self.matrix, token_ids, normalize=self.settings.normalize)
+            vectors = mean_pool(self.matrix, token_ids, normalize=self.settings.normalize, out=out)
         return vectors, int(token_ids.ids.size)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -234,9 +234,8 @@ class StaticEmbedder:
         vectors = np.empty((n, self.dim), dtype=np.float32)
 
         def encode_slice(start: int) -> int:
-            slice_vectors, tokens = self._pool(self._array_token_ids(texts.slice(start, PIECE_SLICE)))
-            vectors[start : start + len(slice_vectors)] = slice_vectors
-            return tokens
+            token_ids = self._array_token_ids(texts.slice(start, PIECE_SLICE))
+            return self._pool(token_ids, out=vectors[start : start + token_ids.lengths.size])[1]
 
         return vectors, sum(_executor().map(encode_slice, range(0, n, PIECE_SLICE)))
 

@@ -84,19 +84,33 @@ def _accumulator(dtype: np.dtype[Any]) -> np.dtype[Any]:
 SUM_BLOCK = 512
 
 
-def sum_rows(matrix: VocabularyMatrix, token_ids: TokenIds) -> tuple[np.ndarray, np.ndarray]:
+def accumulator_dtype(matrix: VocabularyMatrix) -> np.dtype[Any]:
+    """The dtype ``sum_rows`` adds ``matrix``'s rows in (numpy ``mean``'s accumulator for the rows' dtype)."""
+    return _accumulator(matrix.gather(np.zeros(0, dtype=np.int64)).dtype)
+
+
+def sum_rows(
+    matrix: VocabularyMatrix, token_ids: TokenIds, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum each text's rows strictly left to right; returns (sums, counts), empty texts summing to zero.
 
     numpy's pairwise summation (``reduceat``, ``sum`` along a contiguous axis) would round
     differently from model2vec. Instead texts are ordered by length and taken in blocks of
     ``SUM_BLOCK``; in a block the ``j``-th row of every text still that long is added in one
     vectorised step, for ``j = 0, 1, ...``: each text's sum is built in token order, as in the
-    reference, while the block's sums stay in cache.
+    reference, while the block's sums stay in cache. ``out`` (n x dim, ``accumulator_dtype``)
+    receives the sums instead of a new array.
     """
     counts = token_ids.lengths
     n = counts.size
     row_dtype = matrix.gather(token_ids.ids[:0]).dtype
-    sums = np.zeros((n, matrix.dim), dtype=_accumulator(row_dtype))
+    if out is None:
+        sums = np.zeros((n, matrix.dim), dtype=_accumulator(row_dtype))
+    else:
+        if out.shape != (n, matrix.dim) or out.dtype != _accumulator(row_dtype):
+            raise ValueError(f"out must be {(n, matrix.dim)} {_accumulator(row_dtype)}, got {out.shape} {out.dtype}")
+        sums = out
+        sums.fill(0)
     if n == 0 or token_ids.ids.size == 0:
         return sums, counts
     if int(token_ids.ids.max()) >= matrix.rows or int(token_ids.ids.min()) < 0:
@@ -122,12 +136,19 @@ def sum_rows(matrix: VocabularyMatrix, token_ids: TokenIds) -> tuple[np.ndarray,
     return sums, counts
 
 
-def mean_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool) -> np.ndarray:
-    """model2vec's pooled vectors, as float32 (values exactly those model2vec returns in its own dtype)."""
-    sums, counts = sum_rows(matrix, token_ids)
+def mean_pool(
+    matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    """model2vec's pooled vectors, as float32 (values exactly those model2vec returns in its own dtype).
+
+    ``out`` (n x dim float32) receives them. For float32 matrices, the usual case, every step
+    then works in ``out`` itself: no array of the batch's size is allocated.
+    """
+    in_place = out is not None and matrix.output_dtype == np.float32 and accumulator_dtype(matrix) == np.float32
+    sums, counts = sum_rows(matrix, token_ids, out=out if in_place else None)
     out_dtype = matrix.output_dtype
     non_empty = counts > 0
-    means = np.zeros(sums.shape, dtype=out_dtype)
+    means = sums if in_place else np.zeros(sums.shape, dtype=out_dtype)
     np.divide(sums, counts[:, None].astype(sums.dtype), out=means, where=non_empty[:, None], casting="unsafe")
     vectors = means.astype(np.float32, copy=False)
     if normalize:
@@ -135,16 +156,29 @@ def mean_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool)
         np.divide(vectors, norms, out=vectors)
         if out_dtype != np.float32:
             vectors = vectors.astype(out_dtype).astype(np.float32)
-    return vectors
+    return _into(vectors, out)
 
 
-def seed_pool(matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool = True) -> np.ndarray:
-    """The seed's vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``; no tokens give zeros."""
-    sums, counts = sum_rows(matrix, token_ids)
-    vectors = np.zeros(sums.shape, dtype=np.float32)
+def seed_pool(
+    matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool = True, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The seed's vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``; no tokens give zeros.
+
+    ``out`` (n x dim float32) receives them (in place for float32 and float16 matrices).
+    """
+    in_place = out is not None and accumulator_dtype(matrix) == np.float32
+    sums, counts = sum_rows(matrix, token_ids, out=out if in_place else None)
+    vectors = sums if in_place else np.zeros(sums.shape, dtype=np.float32)
     np.divide(sums, counts[:, None].astype(np.float32), out=vectors, where=(counts > 0)[:, None], casting="unsafe")
-    if not normalize:
+    if normalize:
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))[:, None]
+        np.divide(vectors, np.maximum(norms, np.float32(1e-12)), out=vectors)
+    return _into(vectors, out)
+
+
+def _into(vectors: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``vectors``, copied into ``out`` if given and not already there."""
+    if out is None or vectors is out:
         return vectors
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32))[:, None]
-    normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
-    return normalized
+    out[...] = vectors
+    return out
