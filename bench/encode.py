@@ -303,7 +303,9 @@ def profile_stages(
     gc.collect()
     with stages.stage("arrow: combine_chunks"):
         array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    outputs, tokens, pieces, distinct = [], 0, 0, 0
+    with stages.stage("other: output array (allocated once, as encode does)"):
+        vectors = np.empty((len(array), embedder.dim), dtype=np.float32)
+    tokens, pieces, distinct = 0, 0, 0
     for start in range(0, len(array), PIECE_SLICE):
         texts = array.slice(start, PIECE_SLICE)
         with stages.stage("other: character cut (if a text is longer)"):
@@ -316,15 +318,13 @@ def profile_stages(
             token_ids = gather_piece_ids(split, distinct_ids, distinct_offsets)
         with stages.stage("ids: truncate + drop unknown"):
             token_ids = embedder._apply_rules(token_ids)
-        with stages.stage("pool: mean_pool"):
-            outputs.append(mean_pool(matrix, token_ids, normalize=settings.normalize))
+        with stages.stage("pool: mean_pool (into the output rows)"):
+            mean_pool(matrix, token_ids, normalize=settings.normalize, out=vectors[start : start + len(texts)])
         with sum_rows_alone.stage("sum_rows"):
             sum_rows(matrix, token_ids)
         tokens += int(token_ids.ids.size)
         pieces += int(split.occurrences.size)
         distinct += len(split.distinct)
-    with stages.stage("other: concatenate"):
-        vectors = np.concatenate(outputs)
     with stages.stage("arrow: vector_array"):
         vector_array(vectors)
     reference = StaticEmbedder(embedder.matrix, fresh_cache(embedder), embedder.settings)

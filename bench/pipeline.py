@@ -974,7 +974,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
         with stages.stage("text checks (_row_problems)"):
             column = table.column("text").combine_chunks()
             _row_problems(column)
-        parts = []
+        vectors = np.empty((len(column), embedder.dim), dtype=np.float32)  # as encode: one array per table
         for start in range(0, len(column), PIECE_SLICE):
             texts = column.slice(start, PIECE_SLICE)
             with stages.stage("character cut (utf8_slice, only if a text is longer)"):
@@ -988,9 +988,8 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
             with stages.stage("truncate + drop unknown ids"):
                 token_ids = embedder._apply_rules(token_ids)
             with stages.stage("pool (mean_pool)"):
-                parts.append(mean_pool(matrix, token_ids, normalize=settings.normalize))
-        with stages.stage("Arrow vector column (concatenate, vector_array)"):
-            vectors = np.concatenate(parts)
+                mean_pool(matrix, token_ids, normalize=settings.normalize, out=vectors[start : start + len(texts)])
+        with stages.stage("Arrow vector column (vector_array)"):
             embedded = table.append_column("embedding", vector_array(vectors))
         with stages.stage("metrics (empty-vector count)"):
             np.count_nonzero(vectors.any(axis=1))

@@ -114,7 +114,7 @@ def test_wheel_holds_the_packages_and_the_console_script(dist):
     }
     assert expected <= names, sorted(expected - names)
     assert "beam_m2v/py.typed" in names
-    assert dict(entry_points["console_scripts"]) == {"beam-m2v": "pipelines.cli:main"}
+    assert dict(entry_points["console_scripts"]) == {"beam-m2v": "pipelines.cli:entry_point"}
     top_levels = {name.split("/", 1)[0] for name in names}
     assert top_levels == {"beam_m2v", "pipelines", info}, top_levels
     assert metadata["Name"] == NAME and metadata["Version"] == VERSION
