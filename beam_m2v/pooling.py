@@ -104,11 +104,12 @@ def sum_rows(
     counts = token_ids.lengths
     n = counts.size
     row_dtype = matrix.gather(token_ids.ids[:0]).dtype
+    accumulator = _accumulator(row_dtype)
     if out is None:
-        sums = np.zeros((n, matrix.dim), dtype=_accumulator(row_dtype))
+        sums = np.zeros((n, matrix.dim), dtype=accumulator)
     else:
-        if out.shape != (n, matrix.dim) or out.dtype != _accumulator(row_dtype):
-            raise ValueError(f"out must be {(n, matrix.dim)} {_accumulator(row_dtype)}, got {out.shape} {out.dtype}")
+        if out.shape != (n, matrix.dim) or out.dtype != accumulator:
+            raise ValueError(f"out must be {(n, matrix.dim)} {accumulator}, got {out.shape} {out.dtype}")
         sums = out
         sums.fill(0)
     if n == 0 or token_ids.ids.size == 0:
