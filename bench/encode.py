@@ -48,13 +48,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tokenizers
+from piece_replay import Stages, replay_slice
 from proc_memory import mapping_pss, smaps_rollup
 from tokenizers import Tokenizer
 
 import beam_m2v
-from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, cut_characters, vector_array
-from beam_m2v.piece_tokenization import PieceCache, gather_piece_ids, split_texts
-from beam_m2v.pooling import mean_pool, sum_rows
+from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, vector_array
+from beam_m2v.piece_tokenization import PieceCache
+from beam_m2v.pooling import sum_rows
 
 QUICK_TEXTS = 20_000
 TOKENIZER_BATCH = 1024
@@ -265,23 +266,6 @@ def verify(
 # -- where beam_m2v's time goes ------------------------------------------------------------------
 
 
-class Stages:
-    """Wall and CPU seconds accumulated per stage (CPU is process-wide, so it counts rayon threads)."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
-
-
 def profile_stages(
     embedder: beam_m2v.StaticEmbedder, column: pa.ChunkedArray, encode_median_s: float, arrow_median_s: float
 ) -> dict[str, Any]:
@@ -294,9 +278,6 @@ def profile_stages(
     if settings.semantics is not beam_m2v.Semantics.MODEL2VEC or not embedder._prepared.by_piece:
         print("(stage profile replays the piece-by-piece path with model2vec semantics; skipped)")
         return {}
-    limit = embedder._char_limit
-    tokenizer = embedder.tokenizer
-    punctuation = embedder._prepared.piece_punctuation
     cache = PieceCache()
     stages = Stages()
     sum_rows_alone = Stages()
@@ -308,18 +289,7 @@ def profile_stages(
     tokens, pieces, distinct = 0, 0, 0
     for start in range(0, len(array), PIECE_SLICE):
         texts = array.slice(start, PIECE_SLICE)
-        with stages.stage("other: character cut (if a text is longer)"):
-            texts = cut_characters(texts, limit)
-        with stages.stage("ids: split + dedup pieces (Arrow)"):
-            split = split_texts(texts)
-        with stages.stage("tokenize: distinct pieces (cache; new ones cut at punctuation, encode_batch)"):
-            distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct, punctuation)
-        with stages.stage("ids: gather per occurrence"):
-            token_ids = gather_piece_ids(split, distinct_ids, distinct_offsets)
-        with stages.stage("ids: truncate + drop unknown"):
-            token_ids = embedder._apply_rules(token_ids)
-        with stages.stage("pool: mean_pool (into the output rows)"):
-            mean_pool(matrix, token_ids, normalize=settings.normalize, out=vectors[start : start + len(texts)])
+        token_ids, split = replay_slice(embedder, texts, cache, stages, vectors[start : start + len(texts)])
         with sum_rows_alone.stage("sum_rows"):
             sum_rows(matrix, token_ids)
         tokens += int(token_ids.ids.size)

@@ -48,8 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -914,38 +913,19 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
     }
 
 
-class Stages:
-    """Wall and CPU seconds accumulated per stage (CPU is process-wide, so it counts rayon threads)."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
-
-
 def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     """pipelines.embed's per-table work, replayed serially stage by stage on the same row groups."""
+    from piece_replay import Stages, replay_slice
+
     from beam_m2v import load_model
-    from beam_m2v.encoder import PIECE_SLICE, cut_characters, vector_array
-    from beam_m2v.piece_tokenization import gather_piece_ids, split_texts
-    from beam_m2v.pooling import mean_pool
+    from beam_m2v.encoder import PIECE_SLICE, vector_array
     from beam_m2v.transforms.embed_tables import _row_problems
     from pipelines.content_hash import with_text_hash
     from pipelines.inputs import with_positions
     from pipelines.outputs import output_schema, to_output_table
 
     embedder = load_model(model)
-    settings, matrix = embedder.settings, embedder.matrix
-    limit, tokenizer, cache = embedder._char_limit, embedder.tokenizer, embedder._prepared.piece_cache
-    punctuation = embedder._prepared.piece_punctuation
+    cache = embedder._prepared.piece_cache
     assert embedder._prepared.by_piece, "the replay follows the piece-by-piece path"
     reference = load_model(model)  # its own piece cache, so the check below does not warm the replay's
     parquet = pq.ParquetFile(source)
@@ -977,18 +957,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
         vectors = np.empty((len(column), embedder.dim), dtype=np.float32)  # as encode: one array per table
         for start in range(0, len(column), PIECE_SLICE):
             texts = column.slice(start, PIECE_SLICE)
-            with stages.stage("character cut (utf8_slice, only if a text is longer)"):
-                texts = cut_characters(texts, limit)
-            with stages.stage("split at whitespace + deduplicate pieces (Arrow)"):
-                split = split_texts(texts)
-            with stages.stage("ids of distinct pieces (cache; new ones cut at punctuation, encode_batch)"):
-                distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct, punctuation)
-            with stages.stage("gather ids per occurrence"):
-                token_ids = gather_piece_ids(split, distinct_ids, distinct_offsets)
-            with stages.stage("truncate + drop unknown ids"):
-                token_ids = embedder._apply_rules(token_ids)
-            with stages.stage("pool (mean_pool)"):
-                mean_pool(matrix, token_ids, normalize=settings.normalize, out=vectors[start : start + len(texts)])
+            replay_slice(embedder, texts, cache, stages, vectors[start : start + len(texts)])
         with stages.stage("Arrow vector column (vector_array)"):
             embedded = table.append_column("embedding", vector_array(vectors))
         with stages.stage("metrics (empty-vector count)"):
