@@ -923,6 +923,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     from pipelines.content_hash import with_text_hash
     from pipelines.inputs import with_positions
     from pipelines.outputs import output_schema, to_output_table
+    from pipelines.parquet_sink import VectorParquetSink
 
     embedder = load_model(model)
     cache = embedder._prepared.piece_cache
@@ -935,14 +936,10 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     written: list[pa.Table] = []
     equal = True
     gc.collect()
-    writer = pq.ParquetWriter(
-        out,
-        schema,
-        compression="zstd",
-        use_compliant_nested_type=True,
-        use_dictionary=[name for name in schema.names if name not in ("id", "text_hash", "embedding")],
-        use_byte_stream_split=["embedding.list.element"],
-    )
+    sink = VectorParquetSink(
+        str(out), schema, vector_columns=["embedding"], undictionary_columns=["id", "text_hash"]
+    )  # as pipelines.embed configures it
+    writer = sink.parquet_writer(str(out))
     first_row = 0
     for group in range(parquet.num_row_groups):
         with stages.stage("read row group (+ source/position columns)"):

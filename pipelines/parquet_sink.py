@@ -80,18 +80,21 @@ class VectorParquetSink(filebasedsink.FileBasedSink):
         self._dictionary_columns = [name for name in schema.names if name not in undictionary]
         self._split_columns = [f"{name}.list.element" for name in vector_columns] if byte_stream_split else []
 
-    def open(self, temp_path: str) -> _OpenShard:
-        """Open one shard's file and its Parquet writer."""
-        handle = super().open(temp_path)
-        writer = pq.ParquetWriter(
-            handle,
+    def parquet_writer(self, where: Any) -> pq.ParquetWriter:
+        """A Parquet writer with this sink's settings, on a path or open file."""
+        return pq.ParquetWriter(
+            where,
             self._schema,
             compression="zstd",
             use_compliant_nested_type=True,
             use_dictionary=self._dictionary_columns,
             use_byte_stream_split=self._split_columns or False,
         )
-        return _OpenShard(writer, handle)
+
+    def open(self, temp_path: str) -> _OpenShard:
+        """Open one shard's file and its Parquet writer."""
+        handle = super().open(temp_path)
+        return _OpenShard(self.parquet_writer(handle), handle)
 
     def write_record(self, file_handle: _OpenShard, value: pa.Table) -> None:
         """Append one table as row group(s), written in the background."""
