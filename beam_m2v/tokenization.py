@@ -69,6 +69,13 @@ def seed_tokenizer(tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int, int] | N
     return copy, (int(multiple), int(padding["pad_id"])) if multiple else None
 
 
+def piece_settings(tokenizer: Tokenizer) -> tuple[bool, str]:
+    """Whether ``tokenizer`` may be called piece by piece, and the punctuation new pieces are cut at."""
+    config = tokenizer_config(tokenizer)
+    by_piece = splits_into_independent_pieces(tokenizer, config)
+    return by_piece, punctuation_split_characters(tokenizer, config) if by_piece else ""
+
+
 @dataclass(frozen=True)
 class PreparedTokenizer:
     """A private, configured tokenizer copy and the facts encoding needs about it.
@@ -93,20 +100,19 @@ class PreparedTokenizer:
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """No padding, no truncation (done on the ids), unknown id and median length as model2vec finds them."""
         copy = model2vec_tokenizer(tokenizer)
-        config = tokenizer_config(copy)
+        by_piece, punctuation = piece_settings(copy)
         return cls(
             copy,
             unknown_token_id(tokenizer),
             median_token_length(tokenizer),
-            by_piece=splits_into_independent_pieces(copy, config),
-            piece_punctuation=punctuation_split_characters(copy, config),
+            by_piece=by_piece,
+            piece_punctuation=punctuation,
         )
 
     @classmethod
     def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
         copy, pad_to_multiple_of = seed_tokenizer(tokenizer)
-        config = tokenizer_config(copy)
-        by_piece = pad_to_multiple_of is None and splits_into_independent_pieces(copy, config)
-        punctuation = punctuation_split_characters(copy, config) if by_piece else ""
+        # Padding to a multiple is applied per text after tokenizing: it needs the text-by-text path.
+        by_piece, punctuation = piece_settings(copy) if pad_to_multiple_of is None else (False, "")
         return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece, piece_punctuation=punctuation)
