@@ -28,7 +28,8 @@ import pytest
 import beam_m2v
 from pipelines.embed import run
 from tests.beam_helpers import beam_worker_pool
-from tests.conftest import CORPUS_JSONL, CORPUS_PARQUET, REPO
+from tests.conftest import REPO, corpus_jsonl_lines
+from tests.conftest import corpus_table as test_corpus
 
 IGNORED = ["failed", "manifest", ".", "_"]
 BOOKKEEPING = {"__source", "__position"}
@@ -39,14 +40,9 @@ SUMMARY = re.compile(r"done: ([\d,]+) rows read, ([\d,]+) embedded, ([\d,]+) fai
 
 
 def corpus_table(start: int, stop: int) -> pa.Table:
-    """Rows ``start:stop`` of the shared Parquet corpus (id int64, text string)."""
-    return pq.read_table(CORPUS_PARQUET).slice(start, stop - start)
-
-
-def corpus_jsonl_lines(count: int) -> list[bytes]:
-    """The first ``count`` lines of the shared JSONL corpus, as written (with their newline)."""
-    with open(CORPUS_JSONL, "rb") as handle:
-        return list(itertools.islice(handle, count))
+    """Rows ``start:stop`` of the test corpus (id int64, text string)."""
+    table: pa.Table = test_corpus()
+    return table.slice(start, stop - start)
 
 
 def write_parquet_parts(table: pa.Table, folder: Path, parts: list[tuple[int, int, int]]) -> list[Path]:

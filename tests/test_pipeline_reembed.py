@@ -27,7 +27,7 @@ from pipelines import embed, reembed
 from pipelines.content_hash import HASH_COLUMN
 from pipelines.outputs import read_manifest
 from tests.beam_helpers import beam_worker_pool
-from tests.conftest import CORPUS_JSONL, CORPUS_PARQUET, REPO
+from tests.conftest import REPO, corpus_jsonl_lines, corpus_table
 
 CONSOLE = str(Path(sys.executable).parent / "beam-m2v")
 SNAPSHOT_IGNORE = ["failed", "manifest", "changes", ".", "_"]
@@ -52,7 +52,7 @@ def _changed_on_day2(i: int) -> bool:
 
 
 def corpus_slice(rows: int) -> dict[int, str]:
-    table = pq.read_table(CORPUS_PARQUET).slice(0, rows)
+    table: pa.Table = corpus_table().slice(0, rows)
     return dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
 
 
@@ -393,13 +393,8 @@ def test_unchanged_vector_is_carried_over_not_recomputed(scenario: Scenario, mod
 
 
 def test_jsonl_day1_day2(model_64: Any, model_64_path: Path, tmp_path: Path) -> None:
-    """Day 1 is the first lines of the shared JSONL corpus as they are; day 2 edits it."""
-    lines = []
-    with open(CORPUS_JSONL, encoding="utf-8") as handle:
-        for line in handle:
-            lines.append(line)
-            if len(lines) == 1200:
-                break
+    """Day 1 is the first lines of the test corpus as JSONL; day 2 edits it."""
+    lines = [line.decode("utf-8") for line in corpus_jsonl_lines(1200)]
     (tmp_path / "in").mkdir()
     day1_path = tmp_path / "in" / "day1.jsonl"
     day1_path.write_text("".join(lines), encoding="utf-8")

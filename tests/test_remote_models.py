@@ -36,7 +36,7 @@ from beam_m2v.errors import ModelLoadError
 from beam_m2v.matrix_files import map_safetensors
 from pipelines import embed
 from tests.beam_helpers import beam_worker_pool, free_port, wait_for_port
-from tests.conftest import MODEL_64, MODEL_256, REPO
+from tests.conftest import MODEL_64, REPO
 
 BUCKET = "beam-m2v-models"
 KEY_ID = "testing-key"
@@ -118,7 +118,7 @@ def local_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path) -> Iterator[S3]:
+def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path, model_256_path: Path) -> Iterator[S3]:
     """moto's S3 server on a free loopback port, with the test models uploaded under several prefixes."""
     import boto3
 
@@ -143,7 +143,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path) -> Iterator[S3
         )
         server.client.create_bucket(Bucket=BUCKET)
         server.put_folder("m64", MODEL_64)
-        server.put_folder("m256", MODEL_256)
+        server.put_folder("m256", model_256_path)
         server.put_folder("raw", local_raw, ("vocab_matrix.bin", "tokenizer.json"))
         # A corrupted object: the matrix cut in half (its header still promises the whole tensor).
         server.put_folder("truncated", MODEL_64, ("config.json", "tokenizer.json"))
@@ -488,7 +488,7 @@ def reaped(children: list[subprocess.Popen[str]]) -> Iterator[None]:
             child.communicate()
 
 
-def test_two_processes_at_once_download_once(s3, corpus_texts, tmp_path):
+def test_two_processes_at_once_download_once(s3, corpus_texts, model_256_path, tmp_path):
     """Two processes released together against one empty cache: equal vectors, one download.
 
     The observable is moto's request log: the bytes of each object are read by exactly one GET
@@ -515,7 +515,7 @@ def test_two_processes_at_once_download_once(s3, corpus_texts, tmp_path):
     for child, (_, stderr) in zip(children, outputs, strict=True):
         assert child.returncode == 0, stderr
     reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
-    expected = beam_m2v.load_model(MODEL_256).encode(corpus_texts[:300])
+    expected = beam_m2v.load_model(model_256_path).encode(corpus_texts[:300])
     for name in ("a", "b"):
         assert np.array_equal(np.load(tmp_path / f"{name}.npy"), expected)
     assert sorted(object_gets(requests, "m256")) == sorted(f"m256/{name}" for name in MODEL_FILES)
@@ -532,10 +532,10 @@ def size(path: Path) -> int:
         return 0
 
 
-def test_interrupted_download_is_never_used(s3, s3_filesystem, corpus_texts, tmp_path):
+def test_interrupted_download_is_never_used(s3, s3_filesystem, corpus_texts, model_256_path, tmp_path):
     """A process killed mid-download leaves a ``.partial-*`` folder; the next load ignores it and re-downloads."""
     texts = corpus_texts[:300]
-    expected = beam_m2v.load_model(MODEL_256).encode(texts)
+    expected = beam_m2v.load_model(model_256_path).encode(texts)
     cache = tmp_path / "cache"
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     for _attempt in range(3):
@@ -559,7 +559,7 @@ def test_interrupted_download_is_never_used(s3, s3_filesystem, corpus_texts, tmp
         model = beam_m2v.load_model(url("m256"))
     assert np.array_equal(model.encode(texts), expected)
     assert sorted(object_gets(requests, "m256")) == sorted(f"m256/{name}" for name in MODEL_FILES)
-    assert Path(model.files.matrix).read_bytes() == (MODEL_256 / "model.safetensors").read_bytes()
+    assert Path(model.files.matrix).read_bytes() == (model_256_path / "model.safetensors").read_bytes()
     assert not str(model.files.matrix).startswith(str(partials[0]))
 
 

@@ -27,7 +27,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 import beam_m2v
 from beam_m2v import ModelLoadError, Semantics
 from tests.beam_helpers import fn_api_pipeline, vectors_match
-from tests.conftest import MODEL_256
 from tests.tiny_models import populate_hub_cache
 
 ATOL = 1e-6
@@ -313,17 +312,17 @@ def test_tokenizer_error_gives_a_zero_vector(tmp_path: Path) -> None:
     assert_close(seed.encode(["hello zzz", "world"]), [[0, 0, 0, 0], [0, 1, 0, 0]])
 
 
-# -- (c) a raw model made from the shared 256-dim model --------------------------------------------
+# -- (c) a raw model made from the 256-dim test model --------------------------------------------
 
 SPECIAL_TEXTS = ["\u2603", "crab \U0001f980 rust", "hello [UNK] world", "", "\u2135 \u2318 snow"]
 
 
 @pytest.fixture(scope="module")
-def raw_minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def raw_minilm(tmp_path_factory: pytest.TempPathFactory, model_256_path: Path) -> Path:
     """m2v-minilm-256's ``embeddings`` written as ``vocab_matrix.bin`` next to its tokenizer.json."""
     folder = tmp_path_factory.mktemp("raw-minilm")
-    load_file(str(MODEL_256 / "model.safetensors"))["embeddings"].astype("<f4").tofile(folder / "vocab_matrix.bin")
-    shutil.copyfile(MODEL_256 / "tokenizer.json", folder / "tokenizer.json")
+    load_file(str(model_256_path / "model.safetensors"))["embeddings"].astype("<f4").tofile(folder / "vocab_matrix.bin")
+    shutil.copyfile(model_256_path / "tokenizer.json", folder / "tokenizer.json")
     return folder
 
 
@@ -418,16 +417,16 @@ def test_seed_equals_a_per_text_implementation(
 
 
 def test_model2vec_semantics_equals_static_model_on_the_original_folder(
-    raw_minilm: Path, corpus_texts: list[str]
+    raw_minilm: Path, model_256_path: Path, corpus_texts: list[str]
 ) -> None:
     texts = corpus_texts[:2000]
     # The raw format has no config.json, so model2vec semantics falls back to normalize=False, while
     # the original folder's config says normalize: true. Each equals StaticModel with the same setting,
     # bit for bit (the matrix and tokenizer are the same; the corpus slice has no [UNK], see below).
     unnormalised = beam_m2v.load_model(raw_minilm, semantics="model2vec").encode(texts)
-    np.testing.assert_array_equal(unnormalised, StaticModel.from_pretrained(MODEL_256, normalize=False).encode(texts))
+    np.testing.assert_array_equal(unnormalised, StaticModel.from_pretrained(model_256_path, normalize=False).encode(texts))
     normalised = beam_m2v.load_model(raw_minilm, semantics="model2vec", normalize=True).encode(texts)
-    np.testing.assert_array_equal(normalised, StaticModel.from_pretrained(MODEL_256).encode(texts))
+    np.testing.assert_array_equal(normalised, StaticModel.from_pretrained(model_256_path).encode(texts))
 
 
 def test_semantics_agree_on_the_corpus_and_differ_on_unk(raw_minilm: Path, corpus_texts: list[str]) -> None:
