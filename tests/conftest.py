@@ -67,7 +67,10 @@ def derive_model_256(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = np.asarray(map_safetensors(str(MODEL_64 / "model.safetensors"))["embeddings"], dtype=np.float32)
-    projection = np.random.default_rng(256).standard_normal((rows.shape[1], 256)).astype(np.float32)
+    # Scaled so that the derived rows have the magnitude of the original ones.
+    projection = (np.random.default_rng(256).standard_normal((rows.shape[1], 256)) / np.sqrt(rows.shape[1])).astype(
+        np.float32
+    )
     save_file({"embeddings": np.ascontiguousarray(rows @ projection)}, str(folder / "model.safetensors"))
     for name in ("tokenizer.json", "modules.json"):
         shutil.copy(MODEL_64 / name, folder / name)
