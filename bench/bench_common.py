@@ -17,6 +17,16 @@ DEFAULT_MODEL = REPO.parent / "shared" / "models" / "m2v-minilm-256"
 MIB = 1024 * 1024
 
 
+def require_inputs(*paths: Path | str) -> None:
+    """Exit with one line when a corpus or model is missing (the defaults live in ../shared, beside the clone)."""
+    for path in paths:
+        if not Path(path).exists():
+            sys.exit(
+                f"bench: {path} does not exist: this benchmark reads the corpus and models of ../shared by default "
+                "(pass --corpus / --model to use others)"
+            )
+
+
 def line(char: str = "-", width: int = 100) -> str:
     """A horizontal rule."""
     return char * width

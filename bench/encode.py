@@ -39,7 +39,17 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, line, loadavg, section, start_children
+from bench_common import (
+    DEFAULT_CORPUS,
+    DEFAULT_MODEL,
+    MIB,
+    REPO,
+    line,
+    loadavg,
+    require_inputs,
+    section,
+    start_children,
+)
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -86,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: first {QUICK_TEXTS:,} texts, 1 repeat")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
+    require_inputs(args.corpus, args.model)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.repeats < 1:

@@ -58,7 +58,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, loadavg
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, loadavg, require_inputs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -187,6 +187,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
+    require_inputs(args.corpus, args.model)
     if args.scale is None:
         args.scale = 1 if args.quick else DEFAULT_SCALE
     if args.repeats is None:

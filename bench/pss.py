@@ -25,7 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import DEFAULT_MODEL, MIB, start_children  # bench/ is on sys.path when run as a script
+from bench_common import (
+    DEFAULT_MODEL,
+    MIB,
+    require_inputs,
+    start_children,
+)  # bench/ is on sys.path when run as a script
 from proc_memory import mapping_pss, smaps_rollup
 
 CHILD = r"""
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="numbers of worker processes")
     parser.add_argument("--libraries", nargs="+", default=["beam_m2v", "model2vec"], choices=["beam_m2v", "model2vec"])
     args = parser.parse_args(argv)
+    require_inputs(args.model)
 
     with tempfile.TemporaryDirectory(prefix="beam-m2v-pss-") as scratch:
         private = Path(scratch) / args.model.name

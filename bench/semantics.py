@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, require_inputs
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a model2vec folder to make the raw model of")
     parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
     args = parser.parse_args(argv)
+    require_inputs(args.corpus, args.model)
 
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()[: args.limit]
     with tempfile.TemporaryDirectory(prefix="beam-m2v-semantics-") as tmp:

@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.parquetio import ReadFromParquetBatched
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, require_inputs  # bench/ is on sys.path as a script
 
 import beam_m2v
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 class CountVectors(beam.DoFn):
@@ -84,12 +84,13 @@ def run_pipeline(build, expected: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(SHARED / "corpora" / "linux-doc-6.1-paragraphs.parquet"))
-    parser.add_argument("--model", default=str(SHARED / "models" / "m2v-minilm-256"))
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="first 20,000 texts, 1 repeat")
     parser.add_argument("--with-process-batch", action="store_true", help="also time a process_batch DoFn (slow)")
     args = parser.parse_args()
+    require_inputs(args.corpus, args.model)
     corpus = args.corpus
     table = pq.read_table(corpus, columns=["id", "text"])
     if args.quick:
