@@ -11,6 +11,10 @@ class ModelLoadError(ValueError):
         self.path = path
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[ModelLoadError], tuple[str, str]]:
+        """Pickle with both fields (dead letters and failed batches carry errors across processes)."""
+        return (type(self), (self.path, self.problem))
+
 
 class InvalidTextError(ValueError):
     """An input the tokenizer cannot take: names its position in the batch and why."""
@@ -19,3 +23,7 @@ class InvalidTextError(ValueError):
         super().__init__(f"text at position {index}: {reason}")
         self.index = index
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidTextError], tuple[int, str]]:
+        """Pickle with both fields (RunInference's failed batches carry this error across processes)."""
+        return (type(self), (self.index, self.reason))

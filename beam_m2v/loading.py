@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.matrix_files import map_raw_matrix, map_safetensors
+from beam_m2v.model_checks import check_finite, check_load_options, config_settings
 from beam_m2v.pooling import VocabularyMatrix
 from beam_m2v.sources import HubOptions, Layout, ModelFiles, resolve_model_files
 
@@ -76,8 +77,27 @@ def load_model(
         ModelLoadError: naming the file and the problem when the model is missing or damaged.
 
     """
-    hub = HubOptions(revision=revision, token=token, cache_dir=cache_dir, sha256=sha256)
-    files = resolve_model_files(os.fspath(source), tokenizer=tokenizer, hub=hub)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelLoadError(repr(source), f"a model source is a path, URL or hub id, not {type(source).__name__}")
+    check_load_options(
+        os.fspath(source),
+        tokenizer=tokenizer,
+        dimensionality=dimensionality,
+        normalize=normalize,
+        max_length=None if max_length is MODEL_DEFAULT else max_length,
+        semantics=semantics,
+        dim=dim,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        sha256=sha256,
+    )
+    hub = HubOptions(
+        revision=revision, token=token, cache_dir=os.fspath(cache_dir) if cache_dir else None, sha256=sha256
+    )
+    files = resolve_model_files(
+        os.fspath(source), tokenizer=None if tokenizer is None else os.fspath(tokenizer), hub=hub
+    )
     try:
         return _load_files(files, dimensionality, normalize, max_length, semantics, dim)
     except ModelLoadError as error:
@@ -95,9 +115,9 @@ def _load_files(
     dim: int,
 ) -> StaticEmbedder:
     """Read, check and assemble the model from resolved local files."""
-    config = _read_config(files)
+    config_normalize, config_max_length = _read_config(files)
     hf_tokenizer = _read_tokenizer(files.tokenizer)
-    matrix = _read_matrix(files, dim)
+    matrix = _read_matrix(files, int(dim))
     chosen = (
         Semantics(semantics)
         if semantics is not None
@@ -107,30 +127,37 @@ def _load_files(
     if dimensionality is not None:
         if not 0 < dimensionality <= matrix.dim:
             raise ModelLoadError(files.matrix, f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
-        matrix = matrix.truncated(dimensionality)
+        matrix = matrix.truncated(int(dimensionality))
     if chosen is Semantics.SEED:
-        settings = EncodingSettings(Semantics.SEED, normalize=True if normalize is None else normalize, max_length=None)
+        settings = EncodingSettings(
+            Semantics.SEED, normalize=True if normalize is None else bool(normalize), max_length=None
+        )
     else:
         settings = EncodingSettings(
             Semantics.MODEL2VEC,
-            normalize=bool(config.get("normalize", False)) if normalize is None else normalize,
-            max_length=config.get("max_length", DEFAULT_MAX_LENGTH) if max_length is MODEL_DEFAULT else max_length,
+            normalize=config_normalize if normalize is None else bool(normalize),
+            max_length=config_max_length if max_length is MODEL_DEFAULT else _plain_int(max_length),
         )
     return StaticEmbedder(matrix, hf_tokenizer, settings, files=files)
 
 
-def _read_config(files: ModelFiles) -> dict[str, Any]:
-    """The model's config.json as a dict ({} for the raw format)."""
+def _plain_int(value: int | None) -> int | None:
+    """A checked integer option as a Python int (numpy integers included); None stays None."""
+    return None if value is None else int(value)
+
+
+def _read_config(files: ModelFiles) -> tuple[bool, int | None]:
+    """``(normalize, max_length)`` of the model's config, checked (model2vec's defaults for the raw format)."""
     if files.config is None:
-        return {}
+        return False, DEFAULT_MAX_LENGTH
     try:
         with open(files.config, encoding="utf-8") as handle:
             config = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # JSON and UTF-8 errors are ValueErrors
         raise ModelLoadError(files.config, f"unreadable config: {error}") from None
     if not isinstance(config, dict):
         raise ModelLoadError(files.config, "config is not a JSON object")
-    return config
+    return config_settings(files.config, config, DEFAULT_MAX_LENGTH)
 
 
 def _read_tokenizer(path: str) -> Tokenizer:
@@ -147,9 +174,11 @@ _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
-    """Memory-map the vocabulary matrix (and mapping/weights of vocabulary-quantized models)."""
+    """Memory-map the vocabulary matrix (and mapping/weights of vocabulary-quantized models), checked."""
     if files.layout is Layout.RAW:
-        return VocabularyMatrix(map_raw_matrix(files.matrix, dim))
+        raw = map_raw_matrix(files.matrix, dim)
+        check_finite(files.matrix, "vocab_matrix", raw)
+        return VocabularyMatrix(raw)
     tensors = map_safetensors(files.matrix)
     embeddings = tensors.get(files.tensor_name)
     if embeddings is None:
@@ -160,37 +189,72 @@ def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
         )
     if embeddings.dtype not in _FLOAT_KINDS:
         raise ModelLoadError(files.matrix, f"embeddings dtype {embeddings.dtype} is not float16/32/64 or int8")
-    mapping, weights = tensors.get("mapping"), tensors.get("weights")
-    if mapping is not None:
-        if mapping.dtype.kind not in "iu" or mapping.ndim != 1:
-            raise ModelLoadError(files.matrix, f"tensor 'mapping' must be a 1-d integer vector, got {mapping.dtype}")
-        if mapping.size and int(mapping.max()) >= embeddings.shape[0]:
+    check_finite(files.matrix, files.tensor_name, embeddings)
+    mapping = _read_mapping(files.matrix, tensors.get("mapping"), embeddings.shape[0])
+    rows = embeddings.shape[0] if mapping is None else mapping.shape[0]
+    return VocabularyMatrix(embeddings, mapping, _read_weights(files.matrix, tensors.get("weights"), rows))
+
+
+def _read_mapping(path: str, mapping: np.ndarray | None, matrix_rows: int) -> np.ndarray | None:
+    """The token id -> matrix row map of a vocabulary-quantized model: integers, each a row of the matrix."""
+    if mapping is None:
+        return None
+    if mapping.dtype.kind not in "iu" or mapping.ndim != 1:
+        raise ModelLoadError(
+            path, f"tensor 'mapping' must be a 1-d integer vector, got {mapping.dtype} of shape {mapping.shape}"
+        )
+    if mapping.size:
+        low, high = int(mapping.min()), int(mapping.max())
+        if low < 0 or high >= matrix_rows:
+            bad = low if low < 0 else high
             raise ModelLoadError(
-                files.matrix,
-                f"tensor 'mapping' points at row {int(mapping.max())}, the matrix has {embeddings.shape[0]}",
+                path,
+                f"tensor 'mapping' points at row {bad}, but rows of the matrix are 0..{matrix_rows - 1}",
             )
-        mapping = np.asarray(mapping, dtype=np.int64)
-    if weights is not None and (weights.ndim != 1 or weights.dtype.kind != "f"):
-        raise ModelLoadError(files.matrix, f"tensor 'weights' must be a 1-d float vector, got {weights.dtype}")
-    return VocabularyMatrix(embeddings, mapping, weights)
+    return np.asarray(mapping, dtype=np.int64)
+
+
+def _read_weights(path: str, weights: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """The per-token scales of a vocabulary-quantized model: finite floats, one per token id."""
+    if weights is None:
+        return None
+    if weights.ndim != 1 or weights.dtype.kind != "f":
+        raise ModelLoadError(
+            path, f"tensor 'weights' must be a 1-d float vector, got {weights.dtype} of shape {weights.shape}"
+        )
+    if weights.shape[0] != rows:
+        raise ModelLoadError(path, f"tensor 'weights' has {weights.shape[0]} entries for {rows} token ids")
+    check_finite(path, "weights", weights)
+    return weights
 
 
 def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenizer, semantics: Semantics) -> None:
-    """Every id the tokenizer can produce needs a row (the seed semantics skips ids past the matrix)."""
+    """Every id the tokenizer can produce needs a row (the seed semantics skips ids past the matrix).
+
+    A raw matrix has no shape of its own: one whose values are exactly the tokenizer's ids
+    times another width was read with the wrong ``dim`` and is refused; other row counts
+    can be legitimate and only get a warning (more rows) or, under the seed semantics,
+    skipped ids (fewer rows).
+    """
     vocab = tokenizer.get_vocab()
     needed = max(vocab.values()) + 1 if vocab else 0
-    if matrix.weights is not None and matrix.weights.shape[0] < matrix.rows:
-        raise ModelLoadError(
-            files.matrix, f"tensor 'weights' has {matrix.weights.shape[0]} entries for {matrix.rows} ids"
-        )
-    if files.layout is Layout.RAW and matrix.rows > needed:
-        logger.warning(
-            "%s: %d rows for a tokenizer with %d ids: is the dimension (%d) right?",
-            files.matrix,
-            matrix.rows,
-            needed,
-            matrix.dim,
-        )
+    if files.layout is Layout.RAW and matrix.rows != needed and needed:
+        values = matrix.rows * matrix.dim
+        if values % needed == 0:
+            raise ModelLoadError(
+                files.matrix,
+                f"read with dim={matrix.dim} this matrix has {matrix.rows} rows, but its {values} values are "
+                f"exactly {needed} rows of dimension {values // needed}, one per id of the tokenizer "
+                f"{files.tokenizer}: pass dim={values // needed}",
+            )
+        if matrix.rows > needed:
+            logger.warning(
+                "%s: %d rows for a tokenizer with %d ids: is the dimension (%d) right?",
+                files.matrix,
+                matrix.rows,
+                needed,
+                matrix.dim,
+            )
     if matrix.rows >= needed:
         return
     problem = f"matrix has {matrix.rows} rows but the tokenizer {files.tokenizer} has ids up to {needed - 1}"

@@ -11,12 +11,14 @@ downloads a second time, and an interrupted download is never used.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
+import importlib
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from beam_m2v.errors import ModelLoadError
@@ -34,6 +36,10 @@ MODEL_FILE_NAMES = (
 )
 CHECKSUM_FILE = "SHA256SUMS"
 _COMPLETE_MARKER = ".complete"
+
+
+#: URL scheme -> (beam-m2v extra, a module that extra installs): what reading that scheme needs.
+SCHEME_EXTRAS: dict[str, tuple[str, str]] = {"gs": ("gcp", "google.cloud.storage"), "s3": ("aws", "boto3")}
 
 
 def is_remote(source: str) -> bool:
@@ -66,14 +72,57 @@ def list_remote_model(source: str, extra: Sequence[str] = ()) -> list[RemoteFile
     else:
         folder, names = source, list(MODEL_FILE_NAMES)
     urls = [f"{folder}/{name}" for name in names] + list(extra)
+    check_filesystem_installed(source)
+    try:
+        results = FileSystems.match(urls)
+    except Exception as error:  # Beam raises ValueError or BeamIOError, wrapping the store's own errors
+        raise ModelLoadError(source, f"cannot list the model files: {error}") from None
     found: list[RemoteFile] = []
-    for url, result in zip(urls, FileSystems.match(urls), strict=True):
+    for url, result in zip(urls, results, strict=True):
         for metadata in result.metadata_list:
             name = metadata.path[len(folder) + 1 :] if metadata.path.startswith(folder + "/") else os.path.basename(url)
             found.append(RemoteFile(metadata.path, name, int(metadata.size_in_bytes), metadata.last_updated_in_seconds))
     if not any(f.name.endswith((".safetensors", ".bin")) for f in found):
         raise ModelLoadError(source, "no model found: no model.safetensors or vocab_matrix.bin at this location")
     return found
+
+
+def check_filesystem_installed(url: str) -> None:
+    """Refuse a ``gs://`` or ``s3://`` URL when the extra that reads it is not installed, with the pip command."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEME_EXTRAS:
+        return
+    extra, module = SCHEME_EXTRAS[scheme]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ModelLoadError(
+            url, f"reading {scheme}:// needs beam-m2v's {extra} extra: pip install 'beam-m2v[{extra}]'"
+        ) from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) across processes."""
+    with open(path, "a+b") as handle:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch_remote_model(source: str, *, sha256: str | None = None, root: str | None = None) -> str:
@@ -91,14 +140,9 @@ def fetch_remote_model(source: str, *, sha256: str | None = None, root: str | No
     target = os.path.join(root, key)
     if os.path.exists(os.path.join(target, _COMPLETE_MARKER)):
         return target
-    with open(os.path.join(root, f"{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if os.path.exists(os.path.join(target, _COMPLETE_MARKER)):
-                return target
+    with exclusive_lock(os.path.join(root, f"{key}.lock")):
+        if not os.path.exists(os.path.join(target, _COMPLETE_MARKER)):
             _download_checked(files, target, root, sha256)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
 

@@ -6,9 +6,11 @@ Nothing here reads a matrix; it only finds the files and says which layout they 
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, replace
 
 from beam_m2v.errors import ModelLoadError
@@ -99,8 +101,40 @@ def content_fingerprint(files: ModelFiles) -> str:
     return digest.hexdigest()
 
 
+def path_problem(path: str) -> str | None:
+    """Why ``path``, which is named but is no readable file or folder, cannot be used; None when it is usable or absent.
+
+    Catches what ``os.path.exists`` hides: symbolic link loops, links to nothing, unreadable
+    entries, and entries that are neither files nor folders (sockets, devices, pipes).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"broken symbolic link to {os.readlink(path)!r}" if os.path.islink(path) else None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop: following the links never reaches a file"
+        return f"cannot be read: {error.strerror or error}"
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "neither a file nor a folder"
+    return None
+
+
+def _check_entries(folder: str) -> None:
+    """Refuse a model folder where a file of some layout is a broken link, a loop, a folder or unreadable."""
+    names = {name for _, *paths in FOLDER_LAYOUTS for name in paths} | {RAW_MATRIX_NAME}
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        problem = path_problem(path)
+        if problem is None and os.path.isdir(path):
+            problem = "a folder, not a file"
+        if problem is not None:
+            raise ModelLoadError(path, problem)
+
+
 def find_layout(folder: str, source: str, revision: str | None = None) -> ModelFiles:
     """Identify the layout of a local model folder, or explain what is missing."""
+    _check_entries(folder)
     for layout, config, matrix, tokenizer in FOLDER_LAYOUTS:
         paths = [os.path.join(folder, name) for name in (config, matrix, tokenizer)]
         if all(os.path.isfile(path) for path in paths):
@@ -116,7 +150,10 @@ def find_layout(folder: str, source: str, revision: str | None = None) -> ModelF
                     os.path.join(folder, name),
                     "missing: a model2vec folder needs it beside model.safetensors",
                 )
-    present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    try:
+        present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    except OSError as error:
+        raise ModelLoadError(folder, f"cannot list the folder: {error.strerror or error}") from None
     raise ModelLoadError(
         folder,
         "no model found: expected model.safetensors + tokenizer.json + config.json (model2vec), "
@@ -127,6 +164,9 @@ def find_layout(folder: str, source: str, revision: str | None = None) -> ModelF
 
 def resolve_tokenizer_file(tokenizer: str, hub: HubOptions) -> str:
     """A local ``tokenizer.json`` path from a file, a folder holding one, or a hub id."""
+    problem = path_problem(tokenizer)
+    if problem is not None:
+        raise ModelLoadError(tokenizer, problem)
     if os.path.isfile(tokenizer):
         return tokenizer
     if os.path.isdir(tokenizer):
@@ -144,6 +184,9 @@ def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOp
     source = os.fspath(source)
     if source.startswith("file://"):
         source = source.removeprefix("file://")
+    problem = None if is_remote(source) else path_problem(source)
+    if problem is not None:
+        raise ModelLoadError(source, problem)
     if is_remote(source):
         files = _resolve_remote(source, hub)
     elif os.path.isdir(source):
@@ -187,7 +230,16 @@ def _files_beside(matrix_path: str, source: str, revision: str | None) -> ModelF
     """Model files for an explicit matrix file: a raw ``.bin`` or a ``.safetensors`` inside a model folder."""
     folder = os.path.dirname(os.path.abspath(matrix_path))
     if matrix_path.endswith(".safetensors"):
-        return find_layout(folder, source, revision)
+        if os.path.basename(folder) == "0_StaticEmbedding":  # a Sentence Transformers module folder
+            folder = os.path.dirname(folder)
+        files = find_layout(folder, source, revision)
+        return files if os.path.samefile(files.matrix, matrix_path) else replace(files, matrix=matrix_path)
+    if not matrix_path.endswith(".bin"):
+        raise ModelLoadError(
+            matrix_path,
+            "a file, not a model: pass the model's folder, its .safetensors file, or a raw float32 matrix "
+            f"such as {RAW_MATRIX_NAME}",
+        )
     tokenizer = os.path.join(folder, TOKENIZER_NAME)
     return ModelFiles(source, Layout.RAW, matrix_path, tokenizer, None, revision)
 

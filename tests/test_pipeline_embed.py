@@ -8,7 +8,6 @@ console script, or ``pipelines.embed.run(argv)`` in-process) and is checked agai
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import os
 import re

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import InvalidTextError
 from beam_m2v.text_checks import TextProblem
-from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
+from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement, error_text
 from beam_m2v.transforms.elements import ElementAccess, OutputFormat
 from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
 from beam_m2v.transforms.model_dofn import SharedModelDoFn
@@ -45,9 +45,7 @@ def encode_isolating_failures(model: StaticEmbedder, texts: list[str]) -> tuple[
         except InvalidTextError as error:
             rejected[remaining.pop(error.index)] = error
             continue
-        except Exception:
-            if len(remaining) <= 1:
-                raise
+        except Exception:  # not expected from valid text: find out which texts fail, one by one
             return _encode_one_by_one(model, texts, rejected)
         break
     full = np.zeros((len(texts), model.dim), dtype=np.float32)
@@ -99,12 +97,25 @@ class EmbedBatchesDoFn(SharedModelDoFn):
         for index, error in rejected.items():
             self.metrics.failures.inc()
             yield beam.pvalue.TaggedOutput(
-                FAILED_TAG, FailedElement(batch[positions[index]], type(error).__name__, str(error))
+                FAILED_TAG,
+                FailedElement(batch[positions[index]], type(error).__name__, error_text(error, with_type=False)),
             )
-        kept = [index for index in range(len(texts)) if index not in rejected]
+        kept: list[int] = []
+        outputs: list[Any] = []
+        for index in range(len(texts)):
+            if index in rejected:
+                continue
+            element = batch[positions[index]]
+            try:
+                outputs.append(self._access.with_vector(element, texts[index], vectors[index]))
+            except Exception as error:  # an element whose fields cannot be copied into the output
+                self.metrics.failures.inc()
+                reason = f"cannot attach the vector: {error_text(error)}"
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, FailedElement(element, "UnsupportedElement", reason))
+                continue
+            kept.append(index)
         self.metrics.record_batch(vectors[kept], tokens)
-        for index in kept:
-            yield self._access.with_vector(batch[positions[index]], texts[index], vectors[index])
+        yield from outputs
 
 
 class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):

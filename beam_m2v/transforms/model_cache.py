@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from beam_m2v.encoder import Semantics, StaticEmbedder
 from beam_m2v.loading import MODEL_DEFAULT, load_model
+from beam_m2v.model_checks import check_load_options
 
 
 class ModelOptions(TypedDict, total=False):
@@ -57,6 +58,13 @@ class ModelSpec:
     cache_dir: str | None = None
     sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse bad options where the pipeline is built, not later on the workers."""
+        options = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "source"}
+        if options["max_length"] is MODEL_DEFAULT:
+            options["max_length"] = None
+        check_load_options(self.source, **options)
+
     @classmethod
     def of(cls, model: ModelSpec | str | os.PathLike[str], **options: Unpack[ModelOptions]) -> ModelSpec:
         """A spec from a source (or another spec); each option given (and not None) overrides the spec's."""
@@ -64,8 +72,8 @@ class ModelSpec:
         overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
         if "max_length" in options:
             overrides["max_length"] = options["max_length"]  # None is meaningful here: no truncation
-        if overrides.get("semantics") is not None:
-            overrides["semantics"] = Semantics(overrides["semantics"]).value
+        if isinstance(overrides.get("semantics"), Semantics):
+            overrides["semantics"] = overrides["semantics"].value
         return replace(base, **overrides)
 
     def load(self) -> StaticEmbedder:

@@ -1,0 +1,145 @@
+"""What makes a model and its load options acceptable: each check in one place, each failure named.
+
+Every function here either returns quietly or raises ``ModelLoadError`` naming the file (or
+the model source, for a bad option) and what is wrong, so that a damaged model is refused
+at load instead of giving wrong vectors later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from beam_m2v.errors import ModelLoadError
+
+#: Bytes of a matrix looked at per step of the finite check (a few MB: the mask stays in cache).
+FINITE_CHUNK_BYTES = 1 << 22
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SEMANTICS = ("model2vec", "seed")
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _describe(value: object) -> str:
+    """A short rendering of an option or config value for a message: its JSON-like text and type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:60] + "..."
+    return f"{text} ({type(value).__name__})" if value is not None else text
+
+
+_JSON_KINDS = {str: "string", bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
+
+
+def _describe_json(value: object) -> str:
+    """A config value as it reads in the JSON file, and its JSON type."""
+    text = json.dumps(value)
+    if len(text) > 60:
+        text = text[:60] + "..."
+    kind = _JSON_KINDS.get(type(value))
+    return f"{text} ({kind})" if kind else text
+
+
+def _positive_integer(value: object) -> bool:
+    """Whether ``value`` is an integer >= 1 (bools excluded)."""
+    return is_integer(value) and int(value) >= 1  # type: ignore[call-overload]
+
+
+def check_load_options(
+    source: str,
+    *,
+    tokenizer: object = None,
+    dimensionality: object = None,
+    normalize: object = None,
+    max_length: object = None,
+    semantics: object = None,
+    dim: object = 256,
+    revision: object = None,
+    token: object = None,
+    cache_dir: object = None,
+    sha256: object = None,
+) -> None:
+    """Check the types and ranges of ``load_model``'s keywords; ModelLoadError naming ``source`` otherwise.
+
+    ``dimensionality`` is only checked to be an integer here: its range, 1 to the matrix's
+    width, is checked once the matrix is read. ``max_length`` None means no truncation (pass None
+    too when the model's own value is wanted).
+    """
+    problems: list[str] = []
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        problems.append(f"tokenizer must be a path or hub id, got {_describe(tokenizer)}")
+    if dimensionality is not None and not is_integer(dimensionality):
+        problems.append(f"dimensionality must be an integer or None, got {_describe(dimensionality)}")
+    if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
+        problems.append(f"normalize must be True, False or None (the model's own), got {_describe(normalize)}")
+    if max_length is not None and not _positive_integer(max_length):
+        problems.append(f"max_length must be a positive integer or None (no truncation), got {_describe(max_length)}")
+    if semantics is not None and str(getattr(semantics, "value", semantics)) not in _SEMANTICS:
+        problems.append(f"semantics must be 'model2vec', 'seed' or None, got {_describe(semantics)}")
+    if not _positive_integer(dim):
+        problems.append(f"dim (columns of a raw matrix) must be a positive integer, got {_describe(dim)}")
+    for name, value in (("revision", revision), ("token", token)):
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{name} must be a string or None, got {_describe(value)}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        problems.append(f"cache_dir must be a path or None, got {_describe(cache_dir)}")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        problems.append(f"sha256 must be 64 hexadecimal digits, got {_describe(sha256)}")
+    if problems:
+        raise ModelLoadError(source, "; ".join(problems))
+
+
+def config_settings(path: str, config: Mapping[str, Any], default_max_length: int) -> tuple[bool, int | None]:
+    """``(normalize, max_length)`` from a model config, each checked; absent keys take model2vec's defaults.
+
+    ``normalize`` must be true or false; ``max_length`` a positive integer, or null for no truncation.
+    """
+    normalize = config.get("normalize", False)
+    max_length = config.get("max_length", default_max_length)
+    problems = []
+    if not isinstance(normalize, bool):
+        problems.append(f"config normalize must be true or false, got {_describe_json(normalize)}")
+    if max_length is not None and not _positive_integer(max_length):
+        problems.append(
+            f"config max_length must be a positive integer or null (no truncation), got {_describe_json(max_length)}"
+        )
+    if problems:
+        raise ModelLoadError(path, "; ".join(problems))
+    return normalize, None if max_length is None else int(max_length)
+
+
+def _row_chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` slices of ``array`` of about ``FINITE_CHUNK_BYTES`` each (views, no copies)."""
+    row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize)
+    step = max(1, FINITE_CHUNK_BYTES // row_bytes)
+    for start in range(0, array.shape[0], step):
+        yield start, array[start : start + step]
+
+
+def check_finite(path: str, name: str, array: np.ndarray) -> None:
+    """Refuse a float tensor holding NaN or infinity, naming the first such entry.
+
+    Reads the (memory-mapped) array once, a few MB at a time: about 0.1 s per GB when the
+    file is in the page cache (``bench/finite_check.py``). Integer tensors are always finite.
+    """
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return
+    for start, chunk in _row_chunks(array):
+        finite = np.isfinite(chunk)
+        if finite.all():
+            continue
+        where = np.argwhere(~finite)[0]
+        value = chunk[tuple(where)]
+        position = f"row {start + int(where[0])}" + (f", column {int(where[1])}" if len(where) > 1 else "")
+        raise ModelLoadError(
+            path, f"tensor {name!r} holds a non-finite value ({value}) at {position}: the model is damaged"
+        )
