@@ -4,9 +4,9 @@ For every mix: ``read == embedded + failed``; every good row is embedded once wi
 ``load_model(bundled).encode`` gives its text; every hostile row is one dead letter naming its file and
 line (or row); nothing reaches stderr as a traceback.
 
-Each example is a whole pipeline run (about 2 s in-process on FnApiRunner, 5 s as a subprocess), so the
+Each example is a whole pipeline run (about 1 s in-process on FnApiRunner, 3 s as a subprocess), so the
 examples are few: 4 JSONL mixes (the first one through ``python -m pipelines.embed``) and 4 Parquet mixes,
-about 30-60 s in all on a 2-core machine.
+10-15 s in all on an idle 2-core machine (up to about a minute when other work shares it).
 """
 
 from __future__ import annotations
