@@ -818,7 +818,7 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
     from beam_m2v.transforms.metrics import EmbeddingMetrics
     from pipelines import embed as embed_module
     from pipelines.content_hash import with_text_hash
-    from pipelines.inputs import ListRowGroups, ReadRowGroup
+    from pipelines.inputs import ListRowGroups, ReadParquetRows
     from pipelines.outputs import publish, to_output_table
     from pipelines.parquet_sink import VectorParquetSink
     from pipelines.progress import ReportProgress
@@ -857,7 +857,8 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
     record = cum(EmbeddingMetrics.record_batch)
     runner = cum(beam.Pipeline.run)
     inside = {
-        "read Parquet row groups (ListRowGroups, ReadRowGroup)": cum(ListRowGroups.process) + cum(ReadRowGroup.process),
+        "read Parquet row groups (ListRowGroups, ReadParquetRows)": cum(ListRowGroups.process)
+        + cum(ReadParquetRows.process),
         "text hash (blake2b per text, with_text_hash)": cum(with_text_hash),
         "text checks (_row_problems: nulls, UTF-8 validation)": checks,
         "encode: pieces, ids, pool (slices on the 2-thread pool; main thread waits)": encode,

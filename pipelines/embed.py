@@ -36,15 +36,16 @@ from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
 from pipelines.content_hash import HASH_COLUMN, with_text_hash
 from pipelines.inputs import (
+    JSONL_ROWS_PER_TABLE,
     InputError,
+    InputLayout,
     InputSpec,
     ListRowGroups,
     ReadJsonLines,
-    ReadRowGroup,
+    ReadParquetRows,
     detect_format,
-    jsonl_schema,
+    inspect_input,
     match_files,
-    parquet_schema,
 )
 from pipelines.outputs import (
     EMBEDDING_COLUMN,
@@ -71,7 +72,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="file pattern of Parquet or JSONL (.jsonl, .jsonl.gz) files")
     parser.add_argument("--input-format", choices=["parquet", "jsonl"], help="default: from the extension")
     parser.add_argument("--text-column", default="text")
-    parser.add_argument("--id-column", default="id")
+    parser.add_argument(
+        "--id-column",
+        help="id field (default: id; when the input has no such column, "
+        "each row's id is its position '<file>:<line or row>')",
+    )
     parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
     parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or hf:// path")
@@ -79,7 +84,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--semantics", choices=["model2vec", "seed"], help="default: from the model format")
     parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
     parser.add_argument("--dim", type=int, help="columns of a raw vocab_matrix.bin model (default 256)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="texts per tokenizer call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=JSONL_ROWS_PER_TABLE,
+        help="most rows per table: each table is one encoder call and one Parquet row group of the output "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--hf-revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--model-sha256", help="expected SHA-256 of the matrix file of a gs:// / s3:// model")
     parser.add_argument(
@@ -102,20 +113,47 @@ class Prepared:
     schema: Any
     model_facts: dict[str, Any]
     byte_stream_split: bool = True
+    layout: InputLayout | None = None
+    """What the start-up checks found (column types, rows)."""
+
+    @property
+    def input_rows(self) -> int | None:
+        """Rows in the input, known before the pipeline runs (Parquet footers, non-blank JSONL lines)."""
+        return None if self.layout is None else self.layout.rows
+
+    @property
+    def input_facts(self) -> dict[str, Any]:
+        """Where the ids come from, for the manifest (``InputSpec.id_facts``)."""
+        return self.input.id_facts
+
+
+#: Options that must be positive whole numbers when given.
+POSITIVE_OPTIONS = ("dimensionality", "dim", "batch_size")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a numeric option that is zero or negative (``InputError``, one line)."""
+    for name in POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
-    """Check the input and load the model once in the launcher, so that mistakes fail before any work."""
+    """Check the options and the input and load the model once in the launcher: mistakes fail before any work."""
+    check_numbers(args)
     keep = tuple(column for column in args.keep_columns.split(",") if column)
+    files = match_files(args.input)
     spec = InputSpec(
         pattern=args.input,
         format=detect_format(args.input, args.input_format),
         text_column=args.text_column,
-        id_column=args.id_column,
+        id_column=args.id_column or "id",
         keep_columns=keep,
+        batch_size=args.batch_size,
     )
-    files = match_files(spec.pattern)
-    input_schema = parquet_schema(files, spec) if spec.format == "parquet" else jsonl_schema(files, spec)
+    spec, layout = inspect_input(files, spec, id_required=args.id_column is not None)
+    input_schema = layout.schema
     model_spec = ModelSpec.of(
         args.model,
         tokenizer=args.tokenizer,
@@ -129,7 +167,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     model = acquire_model(model_spec).model
     facts = model_facts(model, model_spec)
     schema = output_schema(input_schema, spec.id_column, keep, model.dim, facts)
-    return Prepared(spec, files, model_spec, model, (input_schema, schema), facts, args.byte_stream_split)
+    return Prepared(spec, files, model_spec, model, (input_schema, schema), facts, args.byte_stream_split, layout)
 
 
 def model_facts(model: StaticEmbedder, spec: ModelSpec) -> dict[str, Any]:
@@ -147,29 +185,32 @@ def model_facts(model: StaticEmbedder, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def read_corpus(pipeline: beam.Pipeline, prepared: Prepared) -> tuple[PCollection, list[PCollection]]:
+def read_corpus(pipeline: beam.Pipeline, prepared: Prepared) -> tuple[PCollection[pa.Table], list[PCollection[Any]]]:
     """Tables of the corpus (with a text_hash column), and the dead letters of unreadable rows."""
     spec = prepared.input
-    input_schema, _ = prepared.schema
+    assert prepared.layout is not None, "prepare() inspects the input"
+    read_schema = prepared.layout.read_schema(spec)
     files = pipeline | "Files" >> beam.Create(prepared.files)
-    read_failures = []
     if spec.format == "parquet":
-        tables = (
+        parsed = (
             files
             | "RowGroups" >> beam.ParDo(ListRowGroups())
             | "Spread" >> beam.Reshuffle()
-            | "ReadParquet" >> beam.ParDo(ReadRowGroup(spec.columns)).with_output_types(pa.Table)
+            | "ReadParquet"
+            >> beam.ParDo(ReadParquetRows(spec, read_schema))
+            .with_output_types(pa.Table)
+            .with_outputs(FAILED_TAG, main="tables")
         )
     else:
         parsed = (
             files
             | "Spread" >> beam.Reshuffle()
             | "ReadJsonl"
-            >> beam.ParDo(ReadJsonLines(spec, input_schema))
+            >> beam.ParDo(ReadJsonLines(spec, read_schema, arrow_exact=prepared.layout.arrow_exact))
             .with_output_types(pa.Table)
             .with_outputs(FAILED_TAG, main="tables")
         )
-        tables, read_failures = parsed.tables, [parsed[FAILED_TAG]]
+    tables, read_failures = parsed.tables, [parsed[FAILED_TAG]]
     hashed = tables | "HashTexts" >> beam.Map(with_text_hash, spec.text_column).with_output_types(pa.Table)
     return hashed, read_failures
 
@@ -314,6 +355,7 @@ def finish_manifest(
         "input": prepared.input.pattern,
         "input_format": prepared.input.format,
         "input_files": prepared.files,
+        **prepared.input_facts,
         **(extra_fields or {}),
         "rows": {"read": rows_read, "embedded": embedded, "failed": failed, **(extra_rows or {})},
         **prepared.model_facts,
