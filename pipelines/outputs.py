@@ -221,15 +221,6 @@ def shard_paths(output: str) -> list[str]:
     return list_folder(output, ".parquet")
 
 
-def side_folder(output: str, name: str) -> str:
-    """Where an output keeps a side folder (``_failed``, ``_changes``), in its own layout or the older one."""
-    older = {FAILED_DIR: OLDER_FAILED_DIR, CHANGES_DIR: OLDER_CHANGES_DIR}[name]
-    output = output.rstrip("/")
-    if list_folder(f"{output}/{name}") or not list_folder(f"{output}/{older}"):
-        return f"{output}/{name}"
-    return f"{output}/{older}"
-
-
 def count_output_rows(staging: str) -> tuple[int, int]:
     """(embedded rows in the Parquet shards, dead-letter lines) actually written in staging."""
     embedded = rows_in(shard_paths(staging))
@@ -272,7 +263,10 @@ def read_manifest(output: str | os.PathLike[str]) -> dict[str, Any]:
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"{os.fspath(output)} has no {MANIFEST_NAME}: it is not an output of beam-m2v")
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        manifest: dict[str, Any] = json.loads(f.read().decode("utf-8"))
+        data = f.read()
+    if not is_run_manifest(data):
+        raise OutputError(f"{path} is not a manifest beam-m2v wrote (JSON with row counts and model facts)")
+    manifest: dict[str, Any] = json.loads(data.decode("utf-8"))
     return manifest
 
 
@@ -340,6 +334,8 @@ def _check_local_output(output: str) -> str:
         return final
     if not os.path.isdir(final):
         raise _refuse(output, "is a file, not a folder")
+    if os.path.ismount(final):
+        raise _refuse(output, "is a mount point (the staging folder beside it would be on another filesystem)")
     try:
         entries = os.listdir(final)
     except OSError as error:
@@ -439,9 +435,14 @@ class RunFolders:
             run_id = uuid.uuid4().hex[:_RUN_ID_LENGTH]
             staging = _sibling(final, "staging", run_id)
             return cls(final=final, staging=staging, writes_to=staging, run_id=run_id)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        remove_dead_staging(final)
-        run_id, lock = _claim(final)
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            remove_dead_staging(final)
+            run_id, lock = _claim(final)
+        except OSError as error:
+            raise OutputError(
+                f"--output {output!r}: cannot write beside it ({error.strerror}: {error.filename})"
+            ) from None
         staging = _sibling(final, "staging", run_id)
         alias_root = None
         try:
@@ -449,9 +450,11 @@ class RunFolders:
             writes_to = staging
             if any(char in staging for char in GLOB_CHARACTERS):
                 alias_root, writes_to = _glob_free_alias(staging)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             lock.release()
+            if isinstance(error, OSError):
+                raise OutputError(f"--output {output!r}: cannot create {staging} ({error.strerror})") from None
             raise
         return cls(final, staging, writes_to, run_id, lock, alias_root)
 

@@ -424,6 +424,18 @@ def test_reembed_with_every_row_failing_keeps_the_previous_output(finished_outpu
     assert [name.split("-")[0] for name in hidden_siblings(out)] == [".vectors.rejected"]
 
 
+def test_reembed_may_replace_its_own_previous_output(finished_output, small_input, model_64_path, tmp_path):
+    """A second run on the same day: --previous and --output name the same folder."""
+    out = copy_output(finished_output, tmp_path / "vectors")
+    before = ds.dataset(str(out)).to_table().sort_by("id")
+    args = ["--input", str(small_input), "--previous", str(out), "--output", str(out), *model_args(model_64_path)]
+    manifest = reembed.run(args)
+    assert (manifest["rows"]["unchanged"], manifest["rows"]["encoded"]) == (300, 0)
+    after = ds.dataset(str(out)).to_table().sort_by("id")
+    assert after.select(["id", "embedding", "text_hash"]).equals(before.select(["id", "embedding", "text_hash"]))
+    assert hidden_siblings(out) == []
+
+
 # -- staging: killed and concurrent runs ---------------------------------------------------------
 
 
