@@ -424,7 +424,9 @@ def test_model2vec_semantics_equals_static_model_on_the_original_folder(
     # the original folder's config says normalize: true. Each equals StaticModel with the same setting,
     # bit for bit (the matrix and tokenizer are the same; the corpus slice has no [UNK], see below).
     unnormalised = beam_m2v.load_model(raw_minilm, semantics="model2vec").encode(texts)
-    np.testing.assert_array_equal(unnormalised, StaticModel.from_pretrained(model_256_path, normalize=False).encode(texts))
+    np.testing.assert_array_equal(
+        unnormalised, StaticModel.from_pretrained(model_256_path, normalize=False).encode(texts)
+    )
     normalised = beam_m2v.load_model(raw_minilm, semantics="model2vec", normalize=True).encode(texts)
     np.testing.assert_array_equal(normalised, StaticModel.from_pretrained(model_256_path).encode(texts))
 
