@@ -223,7 +223,7 @@ def machine() -> str:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    """The Parquet files of an output: the file itself, or those directly in the folder (not failed/, changes/)."""
+    """The Parquet files of an output: the file itself, or those directly in the folder (not _failed/, _changes/)."""
     return [path] if path.is_file() else sorted(path.glob("*.parquet"))
 
 
@@ -591,7 +591,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     section(f"Re-embedding: {n_edited:,} of {n_main:,} texts edited ({100 * n_edited / n_main:.1f}%), vs a full embed")
     run_group([reembed, embed_current], args.repeats, logs)
-    manifest = json.loads((outputs / "reembed" / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((outputs / "reembed" / "_manifest.json").read_text(encoding="utf-8"))
     counts = manifest["rows"]
     print(
         f"  reembed manifest: {counts['changed']:,} changed, {counts['unchanged']:,} unchanged, "
@@ -703,7 +703,7 @@ def print_table(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     print("vs encode / vs plain = texts/s over that of load_model().encode (in-process, encode call alone) / the plain")
     print("model2vec script; cpu = user+sys of the process tree; peak RSS = max(RSS of the process tree polled every")
     print("50 ms, largest VmHWM of a process in it); B/row = Parquet bytes of the output / rows (reembed: the")
-    print("snapshot, without changes/). Medians over the repeats where a contender ran more than once.")
+    print("snapshot, without _changes/). Medians over the repeats where a contender ran more than once.")
     return rows
 
 

@@ -48,13 +48,21 @@ from pipelines.inputs import (
     match_files,
 )
 from pipelines.outputs import (
+    DEFAULT_MAX_FAILED_FRACTION,
     EMBEDDING_COLUMN,
+    REJECTED_EXIT_CODE,
+    OutputError,
     RunFolders,
+    RunRejected,
+    add_output_arguments,
     count_output_rows,
     dead_letter_json,
     discard,
     output_schema,
+    output_settings,
     publish,
+    reject,
+    rejection,
     to_output_table,
     write_manifest,
 )
@@ -282,11 +290,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embed pipeline; returns the published manifest."""
     parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
+    add_output_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
+    settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)
-    folders = RunFolders.new(args.output)
+    folders = RunFolders.new(settings.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, folders.final)
     manifest = run_and_publish(
@@ -294,6 +304,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders),
         lambda result: finish_manifest(prepared, folders, result, started),
+        max_failed_fraction=settings.max_failed_fraction,
     )
     logger.info(summary_line(manifest))
     return manifest
@@ -304,10 +315,14 @@ def run_and_publish(
     folders: RunFolders,
     build: Callable[[beam.Pipeline], None],
     finish: Callable[[Any], dict[str, Any]],
+    *,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
 ) -> dict[str, Any]:
     """Build and run a pipeline into the staging folder, write its manifest, then publish it.
 
-    Any failure, the row-accounting check included, removes the staging folder instead.
+    Any failure, the row-accounting check included, removes the staging folder instead. A run
+    in which more than ``max_failed_fraction`` of the rows read failed (or that read no rows) is
+    not published: its dead letters are kept beside the output and RunRejected is raised.
     """
     register_arrow_table_coder()
     try:
@@ -316,10 +331,15 @@ def run_and_publish(
         result = pipeline.run()
         result.wait_until_finish()
         manifest = finish(result)
+        reason = rejection(manifest["rows"], max_failed_fraction)
+        if reason is None:
+            publish(folders)
     except BaseException:
         discard(folders)
         raise
-    publish(folders)
+    if reason is not None:
+        kept = reject(folders, manifest, reason)
+        raise RunRejected(f"{reason}: {folders.final} was not replaced; the dead letters are kept in {kept}")
     return manifest
 
 
@@ -383,13 +403,20 @@ def console_main(
     summary: Callable[[dict[str, Any]], str],
     argv: Sequence[str] | None,
 ) -> int:
-    """Run a pipeline program; bad input or models give a one-line error and exit code 2."""
+    """Run a pipeline program; exit codes: 0 published, 2 refused at start-up (one line), 3 not published.
+
+    Bad input, models, options or output paths give a one-line error and exit code 2; a run with
+    too many failed rows is not published and exits with code 3.
+    """
     configure_logging()
     try:
         manifest = run_pipeline(argv)
-    except (InputError, ModelLoadError, FileNotFoundError) as error:
+    except (InputError, ModelLoadError, OutputError, FileNotFoundError) as error:
         print(f"beam-m2v {command}: error: {error}", file=sys.stderr)
         return 2
+    except RunRejected as error:
+        print(f"beam-m2v {command}: not published: {error}", file=sys.stderr)
+        return REJECTED_EXIT_CODE
     print(summary(manifest))
     return 0
 

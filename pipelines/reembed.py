@@ -10,7 +10,7 @@ run's, every row is re-embedded. Outputs, in ``--output``:
 
 * a complete snapshot, laid out exactly as ``pipelines.embed`` lays it out (the next run's
   ``--previous``), equal row for row to a full ``embed`` of the current corpus;
-* ``changes/upserts-*.parquet`` (id, embedding) and ``changes/deletes-*.parquet`` (id), to
+* ``_changes/upserts-*.parquet`` (id, embedding) and ``_changes/deletes-*.parquet`` (id), to
   sync a vector store;
 * a manifest counting new, changed, unchanged, deleted and failed rows.
 """
@@ -52,12 +52,17 @@ from pipelines.embed import (
 from pipelines.embed import finish_manifest as embed_manifest
 from pipelines.inputs import InputError, ListRowGroups, ReadRowGroup
 from pipelines.outputs import (
+    CHANGES_DIR,
     EMBEDDING_COLUMN,
     MANIFEST_NAME,
     RunFolders,
+    add_output_arguments,
     has_manifest,
-    matching_paths,
+    list_folder,
+    output_settings,
     read_manifest,
+    rows_in,
+    shard_paths,
 )
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.process_exit import exit_process
@@ -66,7 +71,6 @@ logger = logging.getLogger("beam_m2v.reembed")
 
 #: Model facts that must match for a previous vector to be reused.
 MODEL_KEYS = ("model_fingerprint", "dim", "normalize", "max_length", "semantics")
-CHANGES_DIR = "changes"
 BUCKETS = 64
 _CURRENT, _PREVIOUS = "current", "previous"
 _TO_EMBED, _UNCHANGED, _DELETES = "to_embed", "unchanged", "deletes"
@@ -106,13 +110,20 @@ class SplitByBucket(beam.DoFn):  # type: ignore[misc]
 class ReadPreviousKeys(ReadRowGroup):
     """Read the ids and text hashes of one previous row group, with where each row's vector lies."""
 
-    def __init__(self, id_column: str) -> None:
+    def __init__(self, id_column: str, id_type: pa.DataType | None = None) -> None:
         super().__init__([id_column, HASH_COLUMN], counter="previous_rows_read")
+        self._id_column = id_column
+        self._id_type = id_type
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
         """The keys of the row group ``item`` names (``ListRowGroups``'s items)."""
         path, group, _ = item
         table = self.read(item)
+        if self._id_type is not None and table.schema.field(self._id_column).type != self._id_type:
+            # A type id_types_match accepted (wider integers, another string type): no value changes.
+            index = table.schema.get_field_index(self._id_column)
+            ids = table.column(index).cast(self._id_type, safe=True)
+            table = table.set_column(index, pa.field(self._id_column, self._id_type), ids)
         rows = len(table)
         files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), pa.array([path]))
         yield (
@@ -242,13 +253,18 @@ def _first_per_id(table: pa.Table, id_column: str) -> pa.Table:
     return table.take(pa.array(np.sort(first.to_numpy())))
 
 
-def previous_files(previous: str, id_column: str) -> list[str]:
-    """The vector shards of a previous output, checked to carry what re-embedding needs."""
+def previous_files(previous: str, id_column: str, id_type: pa.DataType | None = None) -> list[str]:
+    """The vector shards of a previous output, checked to carry what re-embedding needs.
+
+    Outputs of older versions (``manifest.json``, ``failed/``, ``changes/``) are read too. With
+    ``id_type`` (the input's id type), previous ids of another type are refused unless every
+    value converts exactly (``id_types_match``).
+    """
     if not has_manifest(previous):
         raise InputError(
             f"--previous {previous!r} has no {MANIFEST_NAME}: it is not a finished output of beam-m2v embed/reembed"
         )
-    files = matching_paths(f"{previous.rstrip('/')}/*.parquet")
+    files = shard_paths(previous)
     if not files:
         raise InputError(f"--previous {previous!r} holds no Parquet shards (is it an output of beam-m2v embed?)")
     with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -260,7 +276,35 @@ def previous_files(previous: str, id_column: str) -> list[str]:
                 f"{files[0]}: the previous shards need columns {id_column!r}, {HASH_COLUMN!r} ({HASH_TYPE}) and "
                 f"{EMBEDDING_COLUMN!r}; found {found} (re-run a full beam-m2v embed to make a usable --previous)"
             )
+    previous_type = schema.field(id_column).type
+    if id_type is not None and not id_types_match(previous_type, id_type):
+        raise InputError(
+            f"--previous {previous!r} holds ids of type {previous_type} in {id_column!r} but the input's are "
+            f"{id_type}: previous vectors cannot be matched by id; run beam-m2v embed for a full snapshot, or give "
+            "the input ids of the previous type"
+        )
     return files
+
+
+def id_types_match(previous: pa.DataType, current: pa.DataType) -> bool:
+    """Whether every id of type ``previous`` converts exactly to ``current`` (equal, wider integer, string kinds)."""
+    previous, current = _value_type(previous), _value_type(current)
+    if previous == current:
+        return True
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    if any(test(previous) for test in strings) and any(test(current) for test in strings):
+        return True
+    if not (pa.types.is_integer(previous) and pa.types.is_integer(current)):
+        return False
+    signed = pa.types.is_signed_integer
+    if signed(previous) == signed(current):
+        return bool(previous.bit_width <= current.bit_width)
+    return not signed(previous) and bool(previous.bit_width < current.bit_width)
+
+
+def _value_type(data_type: pa.DataType) -> pa.DataType:
+    """The type of the values (a dictionary's value type)."""
+    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
 
 
 def reusable(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> bool:
@@ -280,7 +324,8 @@ def build_pipeline(
         | "PreviousFiles" >> beam.Create(previous)
         | "PreviousRowGroups" >> beam.ParDo(ListRowGroups())
         | "SpreadPrevious" >> beam.Reshuffle()
-        | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(id_column)).with_output_types(pa.Table)
+        | "ReadPreviousKeys"
+        >> beam.ParDo(ReadPreviousKeys(id_column, schema.field(id_column).type)).with_output_types(pa.Table)
     )
     bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
     keyed_current = current | "BucketCurrent" >> beam.ParDo(SplitByBucket(id_column, _CURRENT)).with_output_types(
@@ -320,7 +365,7 @@ def build_pipeline(
         | "WriteUpserts"
         >> Write(
             VectorParquetSink(
-                os.path.join(folders.staging, CHANGES_DIR, "upserts"),
+                folders.changes_prefix("upserts"),
                 upsert_schema,
                 vector_columns=[EMBEDDING_COLUMN],
                 undictionary_columns=[id_column],
@@ -331,7 +376,7 @@ def build_pipeline(
     delete_schema = pa.schema([schema.field(id_column)])
     _ = joined[_DELETES] | "WriteDeletes" >> Write(
         VectorParquetSink(
-            os.path.join(folders.staging, CHANGES_DIR, "deletes"),
+            folders.changes_prefix("deletes"),
             delete_schema,
             vector_columns=[],
             undictionary_columns=[id_column],
@@ -344,22 +389,26 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="beam-m2v reembed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
     parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
+    add_output_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)
+    settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)
-    previous = previous_files(args.previous, prepared.input.id_column)
+    id_column = prepared.input.id_column
+    previous = previous_files(args.previous, id_column, prepared.schema[1].field(id_column).type)
     previous_manifest = read_manifest(args.previous)
     reuse = reusable(previous_manifest, prepared.model_facts)
     if not reuse:
         logger.info("the model or its settings changed since the previous run: re-embedding every row")
-    folders = RunFolders.new(args.output)
+    folders = RunFolders.new(settings.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     manifest = run_and_publish(
         options,
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders, previous, reuse),
         lambda result: finish_manifest(prepared, folders, result, started, args.previous, reuse),
+        max_failed_fraction=settings.max_failed_fraction,
     )
     logger.info(summary_line(manifest))
     return manifest
@@ -372,21 +421,13 @@ def finish_manifest(
     counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
     counts["encoded"] = counter_total(result, "texts_embedded")  # texts that went through the model this run
     counts["previous_read"] = counter_total(result, "previous_rows_read")
-    counts["upserts"] = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
+    changes = list_folder(f"{folders.staging}/{CHANGES_DIR}", ".parquet")
+    counts["upserts"] = rows_in(path for path in changes if os.path.basename(path).startswith("upserts-"))
     facts = {
         "previous": previous if is_remote(previous) else os.path.abspath(previous),
         "reused_previous_vectors": reuse,
     }
     return embed_manifest(prepared, folders, result, started, extra_rows=counts, extra_fields=facts)
-
-
-def _rows_in(pattern: str) -> int:
-    """Rows of the Parquet files matching ``pattern`` (on any Beam filesystem)."""
-    total = 0
-    for path in matching_paths(pattern):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
 
 
 def summary_line(manifest: dict[str, Any]) -> str:

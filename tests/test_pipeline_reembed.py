@@ -30,7 +30,6 @@ from tests.beam_helpers import beam_worker_pool
 from tests.conftest import REPO, corpus_jsonl_lines, corpus_table
 
 CONSOLE = str(Path(sys.executable).parent / "beam-m2v")
-SNAPSHOT_IGNORE = ["failed", "manifest", "changes", ".", "_"]
 KEEP = "section"
 
 # Day 1: corpus ids 0..2999. Day 2: ids with id % 15 == 3 deleted (200), id % 20 == 7 edited (150),
@@ -84,16 +83,16 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
 
 def snapshot(output: Path | str) -> pa.Table:
     """The vector shards of an output, sorted by id."""
-    table = ds.dataset(str(output), format="parquet", ignore_prefixes=SNAPSHOT_IGNORE).to_table()
+    table = ds.dataset(str(output), format="parquet").to_table()  # the default discovery skips _changes, _failed
     return table.sort_by("id")
 
 
 def upsert_files(output: Path | str) -> list[Path]:
-    return sorted((Path(output) / "changes").glob("upserts-*.parquet"))
+    return sorted((Path(output) / "_changes").glob("upserts-*.parquet"))
 
 
 def deleted_ids(output: Path | str) -> list[int]:
-    files = sorted((Path(output) / "changes").glob("deletes-*.parquet"))
+    files = sorted((Path(output) / "_changes").glob("deletes-*.parquet"))
     assert files, f"no deletes shard in {output}"
     ids = [i for f in files for i in pq.read_table(f).column("id").to_pylist()]
     assert len(ids) == len(set(ids)), "an id is deleted twice"
@@ -115,7 +114,7 @@ def vectors(table: pa.Table) -> np.ndarray:
 
 def failed_records(output: Path | str) -> list[dict[str, Any]]:
     records = []
-    for path in sorted((Path(output) / "failed").glob("*.jsonl")):
+    for path in sorted((Path(output) / "_failed").glob("*.jsonl")):
         records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return records
 
@@ -539,7 +538,7 @@ def _no_manifest(root: Path, s: Scenario) -> Path:
 
 def _leftover_staging(root: Path, s: Scenario) -> Path:
     """What a crashed run leaves: vector shards, no manifest."""
-    folder = root / "out1.staging-0123456789ab"
+    folder = root / ".out1.staging-0123456789ab"
     folder.mkdir()
     for shard in s.out1.glob("part-*.parquet"):
         shutil.copy(shard, folder)
@@ -562,7 +561,7 @@ def _no_text_hash(root: Path, s: Scenario) -> Path:
         pytest.param(lambda root, s: root / "missing", id="missing-folder"),
         pytest.param(lambda root, s: Path(s.input1.replace("*", "corpus-0")), id="a-parquet-file"),
         pytest.param(
-            lambda root, s: s.out2 / "changes",
+            lambda root, s: s.out2 / "_changes",
             id="changes-folder",
         ),
         pytest.param(_no_manifest, id="corpus-folder"),
@@ -581,7 +580,7 @@ def test_previous_that_is_not_an_output(make_previous: Any, scenario: Scenario, 
     assert message.startswith("beam-m2v reembed: error: ")
     assert "--previous" in message and str(previous) in message, message
     assert not out.exists()
-    assert not list(tmp_path.glob("out.staging-*"))
+    assert not list(tmp_path.glob(".out.*"))
 
 
 def test_previous_error_from_python_module(scenario: Scenario, tmp_path: Path) -> None:

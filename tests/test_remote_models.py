@@ -427,7 +427,7 @@ def test_embed_reads_and_writes_s3(s3, tmp_path, monkeypatch):
     assert manifest["rows"]["embedded"] == 2000
     listed = s3.client.list_objects_v2(Bucket=BUCKET, Prefix="vectors/run-1/").get("Contents", [])
     names = {entry["Key"].removeprefix("vectors/run-1/") for entry in listed}
-    assert "manifest.json" in names and any(name.startswith("part-") for name in names), names
+    assert "_manifest.json" in names and any(name.startswith("part-") for name in names), names
 
 
 # -- several processes on one machine ------------------------------------------------------------
