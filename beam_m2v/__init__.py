@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
-from beam_m2v.errors import InvalidTextError, ModelLoadError
+from beam_m2v.errors import InvalidTextError, MissingDependencyError, ModelLoadError
 from beam_m2v.loading import load_model
 
 __version__ = "0.1.0"
@@ -14,9 +14,11 @@ _BEAM_NAMES = {
     "EmbedTables",
     "EmbedText",
     "FailedElement",
+    "LanceCommit",
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelSpec",
+    "WriteToLance",
     "register_arrow_table_coder",
 }
 
@@ -38,12 +40,15 @@ __all__ = [
     "EncodingSettings",
     "FailedElement",
     "InvalidTextError",
+    "LanceCommit",
+    "MissingDependencyError",
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelLoadError",
     "ModelSpec",
     "Semantics",
     "StaticEmbedder",
+    "WriteToLance",
     "__version__",
     "load_model",
     "register_arrow_table_coder",

@@ -19,3 +19,12 @@ class InvalidTextError(ValueError):
         super().__init__(f"text at position {index}: {reason}")
         self.index = index
         self.reason = reason
+
+
+class MissingDependencyError(ImportError):
+    """An optional feature was used without its package installed: says which extra to install."""
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {package!r} package: pip install 'beam-m2v[{extra}]'")
+        self.package = package
+        self.extra = extra

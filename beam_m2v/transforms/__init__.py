@@ -7,6 +7,7 @@ from beam_m2v.transforms.dead_letters import FailedElement
 from beam_m2v.transforms.embed_tables import EmbedTables
 from beam_m2v.transforms.embed_text import EmbedResult, EmbedText
 from beam_m2v.transforms.inference import Model2VecModelHandler
+from beam_m2v.transforms.lance_write import LanceCommit, WriteToLance
 from beam_m2v.transforms.ml_transform import Model2VecEmbeddings
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
 
@@ -16,9 +17,11 @@ __all__ = [
     "EmbedTables",
     "EmbedText",
     "FailedElement",
+    "LanceCommit",
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelSpec",
+    "WriteToLance",
     "acquire_model",
     "register_arrow_table_coder",
 ]
