@@ -24,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command in ("embed", "reembed"):
+        from pipelines import lance_output
+
+        if lance_output.lance_output(rest):
+            return lance_output.embed_main(rest) if command == "embed" else lance_output.reembed_main(rest)
     if command == "embed":
         from pipelines import embed
 

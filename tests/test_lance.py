@@ -7,6 +7,8 @@ against ``load_model(...).encode``.
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,12 @@ from beam_m2v.transforms.lance_write import (
     WriteLanceFragments,
     commit_fragments,
 )
+from pipelines import cli, embed, reembed
+from pipelines.content_hash import text_hashes
+from pipelines.lance_steps import RUNS_DIR
 from tests.beam_helpers import fn_api_pipeline
-from tests.conftest import corpus_table
+from tests.conftest import SAMPLE_PARQUET, corpus_table
+from tests.test_pipeline_reembed import KEEP, corpus_slice, write_parquet
 
 lance = pytest.importorskip("lance")
 
@@ -201,3 +207,201 @@ def test_without_pylance_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lance", None)  # what `import lance` sees when pylance is not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'beam-m2v\[lance\]'"):
         beam_m2v.WriteToLance("x.lance", pa.schema([("id", pa.int64())]))
+
+
+# ----------------------------------------------------------------------------------------------
+# beam-m2v embed / reembed --output PATH.lance
+#
+# Day 1: corpus ids 0..1999 with a kept column. Day 2: ids with id % 15 == 3 deleted, id % 20 == 7
+# edited, the kept column changed (text untouched) where id % 50 == 11, ids 2000..2149 added.
+
+DAY1_ROWS = 2000
+DAY2_NEW = range(2000, 2150)
+
+
+class LanceScenario:
+    """Day 1 embedded into a Lance dataset, day 2 re-embedded into it, and day 2 embedded from scratch."""
+
+    def __init__(self, root: Path, model: str) -> None:
+        source = corpus_slice(DAY1_ROWS + len(DAY2_NEW))
+        self.root = root
+        self.model = model
+        self.day1 = {i: (source[i], f"s{i % 7}") for i in range(DAY1_ROWS)}
+        self.deleted = sorted(i for i in self.day1 if i % 15 == 3)
+        self.changed = sorted(i for i in self.day1 if i % 20 == 7 and i not in self.deleted)
+        self.moved = sorted(i for i in self.day1 if i % 50 == 11 and i not in self.deleted + self.changed)
+        self.new = list(DAY2_NEW)
+        self.day2: dict[int, tuple[str, str]] = {}
+        for i, (text, section) in self.day1.items():
+            if i in self.deleted:
+                continue
+            self.day2[i] = (f"{text} Revised on day 2." if i in self.changed else text, section)
+            if i in self.moved:
+                self.day2[i] = (text, "moved")
+        self.day2.update({i: (source[i], "added") for i in self.new})
+        self.input1 = write_parquet(root / "day1", self.day1, files=1)
+        self.input2 = write_parquet(root / "day2", self.day2, files=2)
+        self.dataset = str(root / "vectors.lance")
+
+    def args(self, input_pattern: str, output: str, *extra: str) -> list[str]:
+        return ["--input", input_pattern, "--output", output, "--model", self.model, "--keep-columns", KEEP, *extra]
+
+
+def read_version(uri: str, version: int | None = None) -> pa.Table:
+    return lance.dataset(uri, version=version).to_table().sort_by("id")
+
+
+def run_records(uri: str) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(Path(uri, RUNS_DIR).glob("*/manifest.json"))]
+
+
+# Three pipeline runs (day 1, day 2 re-embedded, day 2 in full: ~15 s here), shared by the tests below.
+@pytest.fixture(scope="module")
+def lance_days(tmp_path_factory: pytest.TempPathFactory, model_64_path: Path) -> Any:
+    s = LanceScenario(tmp_path_factory.mktemp("lance-days"), str(model_64_path))
+    s.manifest1 = embed.run(s.args(s.input1, s.dataset))
+    s.version1 = read_version(s.dataset)
+    s.manifest2 = reembed.run(s.args(s.input2, s.dataset))
+    s.full2 = str(s.root / "full2.lance")
+    embed.run(s.args(s.input2, s.full2))
+    return s
+
+
+def test_embed_writes_vectors_hashes_kept_columns_and_model_facts(lance_days, model_64):
+    s = lance_days
+    dataset = lance.dataset(s.dataset, version=1)
+    assert dataset.schema.remove_metadata() == pa.schema(
+        [
+            ("id", pa.int64()),
+            ("embedding", pa.list_(pa.float32(), 64)),
+            ("text_hash", pa.binary(16)),
+            (KEEP, pa.string()),
+        ]
+    )
+    facts = json.loads(dataset.schema.metadata[b"beam_m2v"])
+    assert facts["model_fingerprint"] == model_64.fingerprint and facts["dim"] == 64
+    table = s.version1
+    assert table.column("id").to_pylist() == sorted(s.day1)
+    expected = model_64.encode([s.day1[i][0] for i in sorted(s.day1)])
+    assert as_matrix(table.column("embedding")).tobytes() == expected.tobytes()
+    assert (
+        table.column("text_hash").combine_chunks().equals(text_hashes(pa.array([s.day1[i][0] for i in sorted(s.day1)])))
+    )
+    assert s.manifest1["rows"] == {"read": 2000, "embedded": 2000, "failed": 0}
+    assert (s.manifest1["version"], s.manifest1["operation"], s.manifest1["previous_version"]) == (1, "create", None)
+    run_folder = Path(s.dataset, RUNS_DIR, s.manifest1["run"])
+    assert json.loads((run_folder / "manifest.json").read_text()) == s.manifest1
+    assert [Path(p).parent for p in s.manifest1["dead_letter_files"]] == [run_folder / "failed"]
+    # The run record is also committed with the version itself.
+    committed = json.loads(dataset.read_transaction(1).transaction_properties["beam_m2v_run"])
+    assert committed == {k: v for k, v in s.manifest1.items() if k != "version"}
+
+
+def test_reembed_latest_version_equals_a_full_embed_bit_for_bit(lance_days, model_64):
+    s = lance_days
+    latest, full = read_version(s.dataset), read_version(s.full2)
+    assert lance.dataset(s.dataset).version == 2
+    assert latest.schema.equals(full.schema, check_metadata=True)
+    assert latest.column("id").to_pylist() == sorted(s.day2)
+    for name in latest.column_names:
+        assert latest.column(name).equals(full.column(name)), name
+    expected = model_64.encode([s.day2[i][0] for i in sorted(s.day2)])
+    assert as_matrix(latest.column("embedding")).tobytes() == expected.tobytes()
+
+
+def test_reembed_commits_one_version_that_appends_and_deletes_only_what_changed(lance_days):
+    s = lance_days
+    rows = s.manifest2["rows"]
+    changed = len(s.changed) + len(s.moved)  # a changed kept value rewrites the row (same vector)
+    assert rows == {
+        "read": len(s.day2),
+        "embedded": len(s.day2),
+        "failed": 0,
+        "new": len(s.new),
+        "changed": changed,
+        "unchanged": len(s.day2) - len(s.new) - changed,
+        "deleted": len(s.deleted),
+        "encoded": len(s.new) + changed,
+        "previous_read": DAY1_ROWS,
+        "previous_rows_deleted": len(s.deleted) + changed,
+    }
+    assert (s.manifest2["operation"], s.manifest2["previous_version"], s.manifest2["version"]) == ("update", 1, 2)
+    v1, v2 = lance.dataset(s.dataset, version=1), lance.dataset(s.dataset)
+    files1 = {f.path for fragment in v1.get_fragments() for f in fragment.metadata.files}
+    files2 = {f.path for fragment in v2.get_fragments() for f in fragment.metadata.files}
+    assert files1 <= files2, "an unchanged vector's data file was rewritten"
+    new_fragments = [fragment for fragment in v2.get_fragments() if fragment.metadata.files[0].path not in files1]
+    assert sum(fragment.count_rows() for fragment in new_fragments) == len(s.new) + changed
+    assert [record["version"] for record in run_records(s.dataset)] == [1, 2]
+
+
+def test_the_previous_version_reads_as_before(lance_days):
+    s = lance_days
+    assert read_version(s.dataset, 1).equals(s.version1)
+
+
+def test_a_model_change_commits_a_full_overwrite(lance_days, model_256_path, tmp_path):
+    s = lance_days
+    copy = tmp_path / "copy.lance"
+    shutil.copytree(s.dataset, copy)
+    manifest = reembed.run([*s.args(s.input2, str(copy)), "--model", str(model_256_path)])
+    assert (manifest["operation"], manifest["version"], manifest["reused_previous_vectors"]) == ("overwrite", 3, False)
+    assert manifest["rows"] == {"read": len(s.day2), "embedded": len(s.day2), "failed": 0}
+    latest = read_version(str(copy))
+    expected = beam_m2v.load_model(str(model_256_path)).encode([s.day2[i][0] for i in sorted(s.day2)])
+    assert as_matrix(latest.column("embedding")).tobytes() == expected.tobytes()
+    assert read_version(str(copy), 2).equals(read_version(s.dataset, 2))
+
+
+def test_bad_jsonl_rows_are_dead_letters_with_file_and_line(model_64, model_64_path, tmp_path):
+    lines = [json.dumps({"id": i, "text": text}) for i, text in enumerate(corpus_slice(40).values())]
+    lines[5] = "{not json"
+    lines[9] = json.dumps({"id": 9, "text": None})
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    uri = str(tmp_path / "bad.lance")
+    manifest = embed.run(["--input", str(source), "--output", uri, "--model", str(model_64_path)])
+    assert manifest["rows"] == {"read": 40, "embedded": 38, "failed": 2}
+    records = [
+        json.loads(line) for path in manifest["dead_letter_files"] for line in Path(path).read_text().splitlines()
+    ]
+    assert sorted((r["source"], r["position"], r["error_type"]) for r in records) == [
+        (str(source), 6, "InvalidJson"),
+        (str(source), 10, "NullText"),
+    ]
+    assert sorted(read_version(uri).column("id").to_pylist()) == [i for i in range(40) if i not in (5, 9)]
+
+
+def cli_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["embed", "reembed"])
+def test_lance_output_without_pylance_is_refused_at_start_up(command, monkeypatch, capsys, tmp_path, model_64_path):
+    monkeypatch.setitem(sys.modules, "lance", None)
+    out = tmp_path / "v.lance"
+    args = ["--input", str(SAMPLE_PARQUET), "--output", str(out), "--model", str(model_64_path)]
+    code, err = cli_exit(capsys, command, *args)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"beam-m2v {command}: error: --output {out}: Lance datasets needs the 'pylance' package: "
+        "pip install 'beam-m2v[lance]'"
+    ]
+    assert not out.exists()
+
+
+def test_outputs_that_are_not_beam_m2v_datasets_are_refused(capsys, tmp_path, model_64_path):
+    folder = tmp_path / "plain.lance"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    foreign = tmp_path / "foreign.lance"
+    lance.write_dataset(pa.table({"id": [1]}), str(foreign))
+    args = ["--input", str(SAMPLE_PARQUET), "--model", str(model_64_path)]
+    code, err = cli_exit(capsys, "embed", *args, "--output", str(folder))
+    assert code == 2 and "exists and is not a Lance dataset" in err and len(err.strip().splitlines()) == 1
+    code, err = cli_exit(capsys, "reembed", *args, "--output", str(foreign))
+    assert code == 2 and "beam-m2v did not write" in err and len(err.strip().splitlines()) == 1
+    code, err = cli_exit(capsys, "reembed", *args, "--output", str(foreign), "--previous", str(tmp_path))
+    assert code == 2 and "--previous is not used with a Lance output" in err
+    assert (folder / "notes.txt").read_text() == "mine" and lance.dataset(str(foreign)).version == 1
