@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
 import beam_m2v
@@ -31,9 +37,10 @@ from beam_m2v.transforms.lance_write import (
 from pipelines import cli, embed, reembed
 from pipelines.content_hash import text_hashes
 from pipelines.lance_steps import RUNS_DIR
-from tests.beam_helpers import fn_api_pipeline
-from tests.conftest import SAMPLE_PARQUET, corpus_table
+from tests.beam_helpers import fn_api_pipeline, free_port, wait_for_port
+from tests.conftest import REPO, SAMPLE_PARQUET, corpus_table
 from tests.test_pipeline_reembed import KEEP, corpus_slice, write_parquet
+from tests.test_remote_models import KEY_ID, S3, SECRET
 
 lance = pytest.importorskip("lance")
 
@@ -405,3 +412,185 @@ def test_outputs_that_are_not_beam_m2v_datasets_are_refused(capsys, tmp_path, mo
     code, err = cli_exit(capsys, "reembed", *args, "--output", str(foreign), "--previous", str(tmp_path))
     assert code == 2 and "--previous is not used with a Lance output" in err
     assert (folder / "notes.txt").read_text() == "mine" and lance.dataset(str(foreign)).version == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# crashes and concurrent runs (separate processes)
+
+
+def cli_process(*args: str) -> subprocess.Popen[str]:
+    """``python -m pipelines.cli ARGS`` in a process of its own (the pipeline runs inside it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def assert_is_full_embed(table: pa.Table, corpus: dict[int, tuple[str, str]], model: Any) -> None:
+    """``table`` holds exactly the corpus's rows, with the model's vectors bit for bit."""
+    ids = sorted(corpus)
+    assert table.column("id").to_pylist() == ids
+    assert table.column(KEEP).to_pylist() == [corpus[i][1] for i in ids]
+    expected = model.encode([corpus[i][0] for i in ids])
+    assert as_matrix(table.column("embedding")).tobytes() == expected.tobytes()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+# A run in its own process killed half-way, then a full run (~15-30 s on a shared 2-core machine).
+def test_kill_9_during_a_reembed_leaves_the_previous_version_and_the_next_run_succeeds(lance_days, model_64, tmp_path):
+    s = lance_days
+    dataset = tmp_path / "killed.lance"
+    shutil.copytree(s.dataset, dataset)  # at version 2 (day 2)
+    before, files_before = read_version(str(dataset)), files_under(dataset)
+    process = cli_process("reembed", *s.args(s.input1, str(dataset)))  # back to day 1
+    written: set[Path] = set()
+    deadline = time.monotonic() + 120
+    while not written and process.poll() is None and time.monotonic() < deadline:
+        written = {p for p in files_under(dataset / "data") | files_under(dataset / "_deletions")} - files_before
+        time.sleep(0.005)
+    assert written, f"the run ended before writing anything: {process.communicate()[1][-2000:]}"
+    os.kill(process.pid, signal.SIGKILL)  # in the middle: its first data or deletion file exists, no commit yet
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert lance.dataset(str(dataset)).version == 2
+    assert read_version(str(dataset)).equals(before)
+    manifest = reembed.run(s.args(s.input1, str(dataset)))
+    assert (manifest["version"], manifest["previous_version"]) == (3, 2)
+    assert_is_full_embed(read_version(str(dataset)), s.day1, model_64)
+    assert read_version(str(dataset), 2).equals(before)
+
+
+def day3_corpus(s: LanceScenario, root: Path) -> tuple[str, dict[int, tuple[str, str]]]:
+    """Day 2 with every ninth text edited and 50 more ids."""
+    extra = corpus_slice(DAY2_NEW.stop + 50)
+    day3 = {i: (f"{text} Edited on day 3." if i % 9 == 0 else text, section) for i, (text, section) in s.day2.items()}
+    day3.update({i: (extra[i], "day3") for i in range(DAY2_NEW.stop, DAY2_NEW.stop + 50)})
+    return write_parquet(root, day3, files=1), day3
+
+
+def check_race(
+    processes: list[subprocess.Popen[str]], corpora: list[dict[int, tuple[str, str]]], uri: str, model: Any, **open: Any
+) -> None:
+    """Either one run committed and the other failed cleanly, or the second one started from the first's version."""
+    outputs = [process.communicate(timeout=300) for process in processes]
+    codes = [process.returncode for process in processes]
+    assert sorted(codes) in ([0, 1], [0, 0]), outputs
+    dataset = lance.dataset(uri, **open)
+    versions = [v["version"] for v in dataset.versions()]
+    if sorted(codes) == [0, 1]:
+        winner, loser = codes.index(0), codes.index(1)
+        message = outputs[loser][1].strip().splitlines()[-1]
+        assert message.startswith("beam-m2v reembed: error: ") and "this run committed nothing" in message, message
+        assert versions[-1] == 3 and len(versions) == 3
+        assert_is_full_embed(lance.dataset(uri, version=3, **open).to_table().sort_by("id"), corpora[winner], model)
+    else:  # the runs did not overlap: the later one re-embedded on top of the earlier one's version
+        assert versions[-1] == 4
+        for version in (3, 4):
+            table = lance.dataset(uri, version=version, **open).to_table().sort_by("id")
+            matches = []
+            for corpus in corpora:
+                try:
+                    assert_is_full_embed(table, corpus, model)
+                    matches.append(corpus)
+                except AssertionError:
+                    pass
+            assert len(matches) == 1, f"version {version} is not one run's snapshot"
+
+
+# Two concurrent pipelines in separate processes (~15 s on a shared 2-core machine).
+def test_two_reembeds_at_once_never_mix(lance_days, model_64, tmp_path):
+    s = lance_days
+    dataset = tmp_path / "race.lance"
+    shutil.copytree(s.dataset, dataset)
+    day3_input, day3 = day3_corpus(s, tmp_path / "day3")
+    processes = [
+        cli_process("reembed", *s.args(s.input1, str(dataset))),
+        cli_process("reembed", *s.args(day3_input, str(dataset))),
+    ]
+    check_race(processes, [s.day1, day3], str(dataset), model_64)
+
+
+# ----------------------------------------------------------------------------------------------
+# s3:// (moto's S3 server on loopback)
+
+LANCE_BUCKET = "beam-m2v-lance"
+
+
+@pytest.fixture(scope="module")
+def lance_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """moto's S3 server on a free loopback port, with an empty bucket, recording requests on demand."""
+    import boto3
+
+    scratch = tmp_path_factory.mktemp("moto-lance")
+    port = free_port()
+    server = S3(f"http://127.0.0.1:{port}", scratch / "recording.jsonl")
+    server.recording.touch()
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(server.recording)},
+    )
+    try:
+        wait_for_port(port, process, "moto_server")
+        server.client = boto3.client(
+            "s3", endpoint_url=server.endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
+        )
+        server.client.create_bucket(Bucket=LANCE_BUCKET)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def s3_storage(server: S3) -> dict[str, str]:
+    return {
+        "aws_endpoint": server.endpoint,
+        "aws_access_key_id": KEY_ID,
+        "aws_secret_access_key": SECRET,
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+
+
+# Three pipeline runs against the S3 server plus two concurrent ones (~40 s here): the whole life of
+# a dataset on an object store, in one test so that the server's state is built once.
+def test_s3_embed_reembed_and_concurrent_reembeds(lance_days, lance_s3, model_64, tmp_path):
+    s = lance_days
+    uri = f"s3://{LANCE_BUCKET}/vectors.lance"
+    storage = {"storage_options": s3_storage(lance_s3)}
+    previous_options = FileSystems._pipeline_options
+    try:
+        first = embed.run([*s.args(s.input1, uri), *lance_s3.options])
+        with lance_s3.record() as requests:
+            second = reembed.run([*s.args(s.input2, uri), *lance_s3.options])
+    finally:
+        FileSystems.set_options(previous_options)
+    assert (first["version"], second["version"], second["operation"]) == (1, 2, "update")
+    assert second["rows"] == s.manifest2["rows"]
+    latest = lance.dataset(uri, **storage).to_table().sort_by("id")
+    assert latest.equals(read_version(s.full2))  # bit for bit, kept columns and model facts included
+    assert lance.dataset(uri, version=1, **storage).to_table().sort_by("id").equals(s.version1)
+    # Lance commits a version with a conditional write (create only if absent): two writers of one version
+    # cannot both succeed. The run record is beside the data, written through Beam's S3 filesystem.
+    manifest_puts = [r for r in requests if r["method"] == "PUT" and "/_versions/" in r["url"]]
+    manifest_puts = [r for r in manifest_puts if r["url"].split("?")[0].endswith(".manifest")]
+    assert len(manifest_puts) == 1 and manifest_puts[0]["headers"].get("If-None-Match") == "*"
+    record = lance_s3.client.get_object(
+        Bucket=LANCE_BUCKET, Key=f"vectors.lance/{RUNS_DIR}/{second['run']}/manifest.json"
+    )
+    assert json.loads(record["Body"].read()) == second
+
+    day3_input, day3 = day3_corpus(s, tmp_path / "day3")
+    processes = [
+        cli_process("reembed", *s.args(s.input1, uri), *lance_s3.options),
+        cli_process("reembed", *s.args(day3_input, uri), *lance_s3.options),
+    ]
+    check_race(processes, [s.day1, day3], uri, model_64, **storage)
