@@ -21,6 +21,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
@@ -594,3 +595,95 @@ def test_s3_embed_reembed_and_concurrent_reembeds(lance_days, lance_s3, model_64
         cli_process("reembed", *s.args(day3_input, uri), *lance_s3.options),
     ]
     check_race(processes, [s.day1, day3], uri, model_64, **storage)
+
+
+# ----------------------------------------------------------------------------------------------
+# beam-m2v search / index
+
+QUERIES = [
+    "how to configure the network driver",
+    "memory allocation in the kernel",
+    "usb device power management",
+    "file system mount options",
+    "interrupt handling on arm",
+]
+
+
+def brute_force(table: pa.Table, query: np.ndarray) -> list[tuple[int, float]]:
+    """Every row's cosine similarity to ``query``, best first (ties in table order)."""
+    vectors = as_matrix(table.column("embedding")).astype(np.float64)
+    q = query.astype(np.float64)
+    scores = vectors @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    ids = table.column("id").to_pylist()
+    return [(ids[i], float(scores[i])) for i in order]
+
+
+def search_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[list[dict[str, Any]], str]:
+    assert cli.main(["search", *argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    return [json.loads(line) for line in out.splitlines()], err
+
+
+@pytest.fixture(scope="module")
+def parquet_output(tmp_path_factory: pytest.TempPathFactory, model_64_path: Path) -> Path:
+    """The bundled sample embedded into a Parquet output folder, its text kept."""
+    out = tmp_path_factory.mktemp("search") / "sample"
+    args = ["--input", str(SAMPLE_PARQUET), "--output", str(out), "--model", str(model_64_path)]
+    embed.run([*args, "--keep-columns", "text"])
+    return out
+
+
+def test_exact_search_over_lance_equals_brute_force_cosine(lance_days, model_64, capsys):
+    s = lance_days
+    table = lance.dataset(s.dataset).to_table()
+    for query in QUERIES:
+        expected = brute_force(table, model_64.encode([query])[0])[:10]
+        hits, err = search_json(capsys, s.dataset, query)  # the model recorded with the dataset
+        assert [hit["id"] for hit in hits] == [row_id for row_id, _ in expected]
+        assert [hit["score"] for hit in hits] == pytest.approx([score for _, score in expected], abs=1e-6)
+        assert "exact search" in err
+
+
+def test_search_prints_rank_score_id_and_the_kept_text(parquet_output, model_64, capsys):
+    table = ds.dataset(parquet_output, format="parquet", ignore_prefixes=["failed", "manifest"]).to_table()
+    expected = brute_force(table, model_64.encode([QUERIES[0]])[0])[:3]
+    assert cli.main(["search", str(parquet_output), QUERIES[0], "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    assert len(lines) == 3
+    for rank, (line, (row_id, score)) in enumerate(zip(lines, expected, strict=True), start=1):
+        assert line.split()[:3] == [str(rank), f"{score:.4f}", str(row_id)]
+        assert " ".join(texts[row_id].split()).startswith(line.split(None, 3)[3].rstrip())
+
+
+def test_search_refuses_a_model_of_another_dimension_and_missing_targets(
+    parquet_output, model_256_path, capsys, tmp_path
+):
+    assert cli.main(["search", str(parquet_output), "query", "--model", str(model_256_path)]) == 2
+    assert "makes 256-dim vectors" in capsys.readouterr().err
+    assert cli.main(["search", str(tmp_path / "nothing"), "query"]) == 2
+    assert "neither a Lance dataset" in capsys.readouterr().err
+    assert cli.main(["search", str(tmp_path / "nothing.lance"), "query"]) == 2
+    assert "no Lance dataset there" in capsys.readouterr().err
+
+
+# An embed run, an index build and 10 searches through the console command (~10-15 s here).
+def test_an_index_is_used_and_finds_the_exact_top_10(parquet_output, model_64_path, model_64, capsys, tmp_path):
+    uri = str(tmp_path / "indexed.lance")
+    embed.run(["--input", str(SAMPLE_PARQUET), "--output", uri, "--model", str(model_64_path)])
+    assert cli.main(["index", uri]) == 0
+    assert "built a IVF_PQ index" in capsys.readouterr().out
+    dataset = lance.dataset(uri)
+    assert dataset.version == 2 and [index["fields"] for index in dataset.list_indices()] == [["embedding"]]
+    table = dataset.to_table()
+    found = 0
+    for query in QUERIES:
+        exact = [row_id for row_id, _ in brute_force(table, model_64.encode([query])[0])[:10]]
+        hits, err = search_json(capsys, uri, query)
+        assert "index search" in err
+        assert hits[0]["id"] == exact[0]
+        found += len({hit["id"] for hit in hits} & set(exact))
+        exact_hits, err = search_json(capsys, uri, query, "--exact")
+        assert [hit["id"] for hit in exact_hits] == exact and "exact search" in err
+    assert found / (10 * len(QUERIES)) >= 0.9  # recall@10 against exact search
