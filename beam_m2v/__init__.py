@@ -19,6 +19,8 @@ _BEAM_NAMES = {
     "Model2VecModelHandler",
     "ModelSpec",
     "WriteToLance",
+    "create_milvus_collection",
+    "milvus_column_specs",
     "register_arrow_table_coder",
 }
 
@@ -50,6 +52,8 @@ __all__ = [
     "StaticEmbedder",
     "WriteToLance",
     "__version__",
+    "create_milvus_collection",
     "load_model",
+    "milvus_column_specs",
     "register_arrow_table_coder",
 ]
