@@ -61,27 +61,34 @@ from pipelines.embed import (
 )
 from pipelines.inputs import InputError
 from pipelines.lance_steps import (
+    COPIES,
     DELETES,
+    KEYS,
     REMOVED,
+    ROW_ADDRESS,
     TALLY,
     TO_EMBED,
     UPDATED,
+    ClassifyRows,
     CommitRun,
+    CopyRows,
     DeleteRows,
-    JoinForLance,
     ReadFragmentKeys,
+    ReconcileBucket,
     RunRecord,
     SplitByFragment,
     read_json,
     tally,
 )
-from pipelines.outputs import METADATA_KEY, dead_letter_json, matching_paths, to_output_table
+from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, dead_letter_json, matching_paths, to_output_table
 from pipelines.progress import ReportProgress
 from pipelines.reembed import SplitByBucket, reusable
 
 logger = logging.getLogger("beam_m2v.lance")
 
 LANCE_SUFFIX = ".lance"
+#: Buckets the ids of a re-embedding run meet in (no texts travel through them).
+JOIN_BUCKETS = 16
 
 
 class LanceRunConflict(RuntimeError):
@@ -272,46 +279,60 @@ def build_pipeline(
     to_embed = tables
     if plan.operation == "update":
         assert plan.expected_version is not None
-        compared = [name for name in schema.names if name not in (spec.id_column, "embedding", HASH_COLUMN)]
+        version = plan.expected_version
+        compared = [name for name in schema.names if name not in (spec.id_column, EMBEDDING_COLUMN, HASH_COLUMN)]
         previous = (
             pipeline
             | "PreviousFragments" >> beam.Create(list(fragment_ids))
             | "SpreadPrevious" >> beam.Reshuffle()
             | "ReadPreviousKeys"
             >> beam.ParDo(
-                ReadFragmentKeys(plan.target, plan.expected_version, [spec.id_column, HASH_COLUMN, *compared])
+                ReadFragmentKeys(plan.target, version, [spec.id_column, HASH_COLUMN, *compared])
             ).with_output_types(pa.Table)
         )
+        classified = tables | "Classify" >> beam.ParDo(
+            ClassifyRows(spec.id_column, compared), AsList(previous)
+        ).with_outputs(TO_EMBED, KEYS, TALLY)
+        to_embed = classified[TO_EMBED]
         bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
-        keyed_current = tables | "BucketCurrent" >> beam.ParDo(
-            SplitByBucket(spec.id_column, "current")
+        keyed_current = classified[KEYS] | "BucketCurrent" >> beam.ParDo(
+            SplitByBucket(spec.id_column, "current", JOIN_BUCKETS)
         ).with_output_types(bucketed)
-        keyed_previous = previous | "BucketPrevious" >> beam.ParDo(
-            SplitByBucket(spec.id_column, "previous")
-        ).with_output_types(bucketed)
-        joined = (
+        keyed_previous = (
+            previous
+            | "PreviousAddresses"
+            >> beam.Map(lambda table: table.select([spec.id_column, ROW_ADDRESS])).with_output_types(pa.Table)
+            | "BucketPrevious"
+            >> beam.ParDo(SplitByBucket(spec.id_column, "previous", JOIN_BUCKETS)).with_output_types(bucketed)
+        )
+        reconciled = (
             (keyed_current, keyed_previous)
             | "Together" >> beam.Flatten()
             | "GroupByBucket" >> beam.GroupByKey()
-            | "Join"
-            >> beam.ParDo(JoinForLance(spec.id_column, compared))
-            .with_output_types(pa.Table)
-            .with_outputs(TO_EMBED, DELETES, TALLY)
+            | "Reconcile" >> beam.ParDo(ReconcileBucket(spec.id_column)).with_outputs(DELETES, COPIES, TALLY)
         )
-        to_embed = joined[TO_EMBED]
-        deletes = joined[DELETES]
+        deletes = reconciled[DELETES]
         deleted = (
             deletes
             | "ByFragment" >> beam.ParDo(SplitByFragment())
             | "GroupByFragment" >> beam.GroupByKey()
-            | "DeleteRows" >> beam.ParDo(DeleteRows(plan.target, plan.expected_version)).with_outputs(UPDATED, REMOVED)
+            | "DeleteRows" >> beam.ParDo(DeleteRows(plan.target, version)).with_outputs(UPDATED, REMOVED)
         )
+        copies = (
+            reconciled[COPIES]
+            | "CopiesByFragment" >> beam.ParDo(SplitByFragment())
+            | "GroupCopiesByFragment" >> beam.GroupByKey()
+            | "CopyRows" >> beam.ParDo(CopyRows(plan.target, version, schema.names)).with_output_types(pa.Table)
+        )
+        copied = copies | "WriteCopies" >> beam.ParDo(WriteLanceFragments(plan.target, schema))
         counts += [
             previous | "CountPrevious" >> tally("previous_rows"),
             deletes | "CountDeletes" >> tally("previous_deleted"),
-            joined[TALLY],
+            copies | "CountCopies" >> tally("copied"),
+            classified[TALLY],
+            reconciled[TALLY],
         ]
-        side = {"updated": AsList(deleted[UPDATED]), "removed": AsList(deleted[REMOVED])}
+        side = {"updated": AsList(deleted[UPDATED]), "removed": AsList(deleted[REMOVED]), "copies": AsList(copied)}
     embedded, failed = embed_tables(to_embed, prepared)
     counts.append(failed | "CountFailed" >> tally("embed_failed"))
     fragments = (

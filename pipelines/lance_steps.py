@@ -1,13 +1,16 @@
-"""The Beam steps of a Lance run: previous keys, the join by id, row deletions, and the one commit.
+"""The Beam steps of a Lance run: previous keys, classifying rows, row deletions, and the one commit.
 
 A re-embedding run reads the ids, text hashes and kept columns of the dataset's latest
-version fragment by fragment, with each row's address (fragment id and offset). Rows of the
-corpus and of the previous version meet by id in buckets; an id is unchanged when it has one
-row on each side with the same text hash and kept values. Every other current row is
-embedded and appended; every previous row of an id that is not unchanged is deleted (a
-deletion file per touched fragment, written by the workers). The commit step then checks
-that every row is accounted for and commits the appended and updated fragments as one
-version. Vectors never travel through the pipeline unless they are new.
+version fragment by fragment, with each row's address (fragment id and offset). Every worker
+holds them (about 30 bytes a row plus kept values) and classifies the corpus table by table
+where it is read: a row whose id has one previous row with the same text hash and kept values
+is unchanged and goes no further; the others (new, changed) are embedded and appended. Only
+ids and flags, no texts, then meet the previous rows' ids in buckets, to find the previous
+rows to delete (every row of an id without an unchanged current row) and ids that are
+unchanged in several current rows (whose one previous row is then copied). Deletions are
+deletion files per touched fragment, written by the workers. The commit step checks that
+every row is accounted for and commits the appended and updated fragments as one version.
+Unchanged vectors are never read or rewritten.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from pipelines.content_hash import HASH_COLUMN
 
 #: The row address column Lance adds when asked (``fragment id << 32 | offset``).
 ROW_ADDRESS = "_rowaddr"
-#: Tagged outputs of ``JoinForLance`` and ``DeleteRows``.
-TO_EMBED, DELETES, TALLY = "to_embed", "deletes", "tally"
+#: Tagged outputs of ``ClassifyRows``, ``ReconcileBucket`` and ``DeleteRows``, and the flags of the key tables.
+TO_EMBED, KEYS, DELETES, COPIES, TALLY = "to_embed", "keys", "deletes", "copies", "tally"
+UNCHANGED, EMBEDDABLE = "__unchanged", "__embeddable"
 UPDATED, REMOVED = "updated", "removed"
 _CURRENT, _PREVIOUS = "current", "previous"
 #: Where a run's record and dead letters go, inside the dataset's folder (Lance ignores it).
@@ -65,8 +69,8 @@ class ReadFragmentKeys(beam.DoFn):  # type: ignore[misc]
         yield fragment.to_table(columns=self._columns, with_row_address=True)
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table | None:
-    return pa.concat_tables(tables).combine_chunks() if tables else None
+def _concat(tables: Sequence[pa.Table]) -> pa.Table | None:
+    return pa.concat_tables(list(tables)).combine_chunks() if tables else None
 
 
 def _ids(table: pa.Table, id_column: str) -> pa.Array:
@@ -80,86 +84,132 @@ def _equal_or_both_null(left: pa.Array, right: pa.Array) -> np.ndarray:
     return np.asarray(same | both_null, dtype=bool)
 
 
-class JoinForLance(beam.DoFn):  # type: ignore[misc]
-    """Decide, for one bucket of ids, which current rows to embed and which previous rows to delete."""
+@dataclass(frozen=True)
+class PreviousKeys:
+    """The previous version's keys, indexed: all its ids, and the rows of ids it holds exactly once."""
+
+    rows: pa.Table
+    ids: pa.Array
+    single_ids: pa.Array
+    single_rows: pa.Array
+
+    @classmethod
+    def of(cls, tables: Sequence[pa.Table], id_column: str) -> PreviousKeys:
+        """Index the key tables ``ReadFragmentKeys`` read."""
+        rows = _concat(tables)
+        if rows is None:
+            empty = pa.array([], pa.int64())
+            return cls(pa.table({id_column: empty}), empty, empty, empty)
+        ids = _ids(rows, id_column)
+        numbered = pa.table({"key": ids, "row": np.arange(len(rows))})
+        counted = numbered.group_by("key", use_threads=False).aggregate([("row", "count"), ("row", "min")])
+        single = counted.filter(pc.equal(counted.column("row_count"), 1))
+        return cls(rows, ids, single.column("key").combine_chunks(), single.column("row_min").combine_chunks())
+
+
+class ClassifyRows(beam.DoFn):  # type: ignore[misc]
+    """Split each corpus table into rows to embed and unchanged rows, against the previous keys (a side input)."""
 
     def __init__(self, id_column: str, compared_columns: Sequence[str]) -> None:
         self._id = id_column
         self._compared = [HASH_COLUMN, *compared_columns]
+        self._index: tuple[int, PreviousKeys] | None = None
+
+    def _previous(self, tables: Sequence[pa.Table]) -> PreviousKeys:
+        if self._index is None or self._index[0] != id(tables):
+            self._index = (id(tables), PreviousKeys.of(tables, self._id))
+        return self._index[1]
+
+    def process(self, table: pa.Table, previous_tables: Sequence[pa.Table]) -> Iterator[Any]:
+        """Outputs ``to_embed`` (rows, texts included), ``keys`` (id and flags, no text) and ``tally``."""
+        previous = self._previous(previous_tables)
+        ids = _ids(table, self._id)
+        embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
+        known = pc.is_in(ids, value_set=previous.ids).to_numpy(zero_copy_only=False)
+        position = pc.index_in(ids, value_set=previous.single_ids)
+        found = position.is_valid().to_numpy(zero_copy_only=False) & embeddable
+        unchanged = np.zeros(len(table), dtype=bool)
+        candidates = np.flatnonzero(found)
+        if len(candidates):
+            rows = previous.single_rows.take(position.take(pa.array(candidates)))
+            same = np.ones(len(candidates), dtype=bool)
+            for name in self._compared:
+                same &= _equal_or_both_null(
+                    table.column(name).take(pa.array(candidates)).combine_chunks(),
+                    previous.rows.column(name).take(rows).combine_chunks(),
+                )
+            unchanged[candidates[same]] = True
+        yield beam.pvalue.TaggedOutput(TALLY, ("new", int((embeddable & ~known).sum())))
+        yield beam.pvalue.TaggedOutput(TALLY, ("changed", int((embeddable & known & ~unchanged).sum())))
+        yield beam.pvalue.TaggedOutput(TALLY, ("unchanged", int(unchanged.sum())))
+        if (~unchanged).any():
+            yield beam.pvalue.TaggedOutput(TO_EMBED, table.filter(pa.array(~unchanged)))
+        keys = pa.table({self._id: ids, UNCHANGED: unchanged, EMBEDDABLE: embeddable})
+        yield beam.pvalue.TaggedOutput(KEYS, keys)
+
+
+class ReconcileBucket(beam.DoFn):  # type: ignore[misc]
+    """For one bucket of ids: the previous rows to delete, and previous rows to copy for repeated unchanged ids.
+
+    A previous row is kept when its id has an unchanged current row (that id then has one
+    previous row); every other previous row is deleted. An id unchanged in ``n`` current rows
+    keeps its previous row and has it copied ``n - 1`` times, as a full embed would hold ``n``.
+    """
+
+    def __init__(self, id_column: str) -> None:
+        self._id = id_column
 
     def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
-        """Join one bucket's current and previous rows by id.
-
-        Tagged outputs: ``to_embed`` (current rows: new, changed, and rows without a usable
-        text, which become dead letters), ``deletes`` (``_rowaddr`` of previous rows to delete)
-        and ``tally`` counts: new, changed, unchanged, deleted (ids with no vector any more).
-        """
+        """Tagged outputs: ``deletes`` and ``copies`` (tables of ``_rowaddr``) and ``tally`` (deleted ids' rows)."""
         _, parts = item
-        current = _concat([table for side, table in parts if side == _CURRENT])
         previous = _concat([table for side, table in parts if side == _PREVIOUS])
-        unchanged = np.zeros(0 if current is None else len(current), dtype=bool)
-        if current is not None and previous is not None and len(previous):
-            unchanged = self._unchanged(current, previous)
-        unchanged_ids = (
-            _ids(current, self._id).filter(pa.array(unchanged))
-            if current is not None
-            else pa.array([], previous.schema.field(self._id).type if previous is not None else pa.null())
-        )
-        if current is not None:
-            embeddable = current.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
-            known = (
-                pc.is_in(current.column(self._id), value_set=_ids(previous, self._id)).to_numpy(zero_copy_only=False)
-                if previous is not None
-                else np.zeros(len(current), dtype=bool)
+        if previous is None or not len(previous):
+            return
+        current = _concat([table for side, table in parts if side == _CURRENT])
+        if current is None:
+            current = pa.table(
+                {self._id: pa.array([], previous.schema.field(self._id).type), UNCHANGED: [], EMBEDDABLE: []}
             )
-            yield beam.pvalue.TaggedOutput(TALLY, ("new", int((embeddable & ~known).sum())))
-            yield beam.pvalue.TaggedOutput(TALLY, ("changed", int((embeddable & known & ~unchanged).sum())))
-            yield beam.pvalue.TaggedOutput(TALLY, ("unchanged", int(unchanged.sum())))
-            if (~unchanged).any():
-                yield beam.pvalue.TaggedOutput(TO_EMBED, current.filter(pa.array(~unchanged)))
-        if previous is not None and len(previous):
-            ids = previous.column(self._id)
-            deleted = pc.invert(pc.is_in(ids, value_set=unchanged_ids)).to_numpy(zero_copy_only=False)
-            kept_ids = (
-                _ids(current, self._id).filter(current.column(HASH_COLUMN).is_valid().combine_chunks())
-                if current is not None
-                else unchanged_ids
-            )
-            vanished = pc.invert(pc.is_in(ids, value_set=kept_ids)).to_numpy(zero_copy_only=False)
-            yield beam.pvalue.TaggedOutput(TALLY, ("deleted", int(vanished.sum())))
-            if deleted.any():
-                yield beam.pvalue.TaggedOutput(DELETES, previous.select([ROW_ADDRESS]).filter(pa.array(deleted)))
+        ids = _ids(previous, self._id)
+        unchanged = current.filter(current.column(UNCHANGED))
+        counts = unchanged.group_by(self._id, use_threads=False).aggregate([(self._id, "count")])
+        position = pc.index_in(ids, value_set=counts.column(self._id).combine_chunks())
+        copies = np.zeros(len(previous), dtype=np.int64)
+        kept = position.is_valid().to_numpy(zero_copy_only=False)
+        if kept.any():
+            per_id = counts.column(f"{self._id}_count").combine_chunks()
+            copies[kept] = per_id.take(position.filter(position.is_valid())).to_numpy() - 1
+        addresses = previous.column(ROW_ADDRESS).combine_chunks()
+        embeddable_ids = _ids(current, self._id).filter(current.column(EMBEDDABLE).combine_chunks())
+        vanished = pc.invert(pc.is_in(ids, value_set=embeddable_ids)).to_numpy(zero_copy_only=False)
+        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", int(vanished.sum())))
+        if (~kept).any():
+            yield beam.pvalue.TaggedOutput(DELETES, pa.table({ROW_ADDRESS: addresses.filter(pa.array(~kept))}))
+        if copies.any():
+            repeated = np.repeat(addresses.to_numpy(), copies)
+            yield beam.pvalue.TaggedOutput(COPIES, pa.table({ROW_ADDRESS: pa.array(repeated, pa.uint64())}))
 
-    def _unchanged(self, current: pa.Table, previous: pa.Table) -> np.ndarray:
-        """Current rows whose id has exactly one row on each side, with equal hash and kept values."""
-        current_keys = pa.table({"key": current.column(self._id), "current_row": np.arange(len(current))})
-        previous_keys = pa.table({"key": previous.column(self._id), "previous_row": np.arange(len(previous))})
-        current_counts = current_keys.group_by("key", use_threads=False).aggregate([("current_row", "count")])
-        previous_counts = previous_keys.group_by("key", use_threads=False).aggregate(
-            [("previous_row", "count"), ("previous_row", "min")]
-        )
-        joined = (
-            current_keys.join(current_counts, "key", join_type="left outer", use_threads=False)
-            .join(previous_counts, "key", join_type="left outer", use_threads=False)
-            .sort_by("current_row")
-        )
-        single = pc.and_(
-            pc.equal(joined.column("current_row_count"), 1),
-            pc.fill_null(pc.equal(joined.column("previous_row_count"), 1), False),
-        )
-        candidates = np.flatnonzero(single.to_numpy(zero_copy_only=False))
-        unchanged = np.zeros(len(current), dtype=bool)
-        if not len(candidates):
-            return unchanged
-        previous_rows = joined.column("previous_row_min").take(pa.array(candidates))
-        same = current.column(HASH_COLUMN).take(pa.array(candidates)).is_valid().to_numpy(zero_copy_only=False)
-        for name in self._compared:
-            same &= _equal_or_both_null(
-                current.column(name).take(pa.array(candidates)).combine_chunks(),
-                previous.column(name).take(previous_rows).combine_chunks(),
-            )
-        unchanged[candidates[same]] = True
-        return unchanged
+
+class CopyRows(beam.DoFn):  # type: ignore[misc]
+    """Read the rows (all output columns) at given addresses of one fragment, repeated as often as asked."""
+
+    def __init__(self, target: LanceTarget, version: int, columns: Sequence[str]) -> None:
+        self._target = target
+        self._version = version
+        self._columns = list(columns)
+
+    def setup(self) -> None:
+        """Open the dataset at the version the copies are made from."""
+        self._dataset = self._target.open(self._version)
+
+    def process(self, item: tuple[int, Sequence[np.ndarray]]) -> Iterator[pa.Table]:
+        """One table with a row per requested offset (repeats included)."""
+        fragment_id, parts = item
+        wanted = np.concatenate(list(parts))
+        table = self._dataset.get_fragment(fragment_id).to_table(columns=self._columns, with_row_address=True)
+        offsets = (table.column(ROW_ADDRESS).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        row_of = dict(zip(offsets.tolist(), range(len(offsets)), strict=True))
+        yield table.select(self._columns).take(pa.array([row_of[int(offset)] for offset in wanted]))
 
 
 class SplitByFragment(beam.DoFn):  # type: ignore[misc]
@@ -258,10 +308,13 @@ class CommitRun(beam.DoFn):  # type: ignore[misc]
         dead_letter_files: Sequence[str],
         updated: Sequence[str] = (),
         removed: Sequence[int] = (),
+        copies: Sequence[str] = (),
     ) -> Iterator[dict[str, Any]]:
         """Commit once; yield the run's manifest (with the version it made)."""
+        fragments = [*fragments, *copies]
         count = dict(counts)
-        appended = sum(fragment_rows(fragment) for fragment in set(fragments))
+        copied = count.get("copied", 0)
+        appended = sum(fragment_rows(fragment) for fragment in set(fragments)) - copied
         unchanged = count.get("unchanged", 0)
         failed = count.get("read_failed", 0) + count.get("embed_failed", 0)
         read = count.get("rows", 0) + count.get("read_failed", 0)
@@ -272,15 +325,17 @@ class CommitRun(beam.DoFn):  # type: ignore[misc]
             )
         previous = count.get("previous_rows", 0)
         deleted_rows = count.get("previous_deleted", 0)
-        if previous != unchanged + deleted_rows:
+        if previous != unchanged - copied + deleted_rows:
             raise RuntimeError(
-                f"row accounting mismatch: the previous version's {previous} rows are neither kept ({unchanged}) "
-                f"nor deleted ({deleted_rows}); nothing was committed"
+                f"row accounting mismatch: the previous version's {previous} rows are neither kept "
+                f"({unchanged - copied}) nor deleted ({deleted_rows}); nothing was committed"
             )
         rows = {"read": read, "embedded": appended + unchanged, "failed": failed}
         if self._plan.operation == "update":
             rows |= {name: count.get(name, 0) for name in ("new", "changed", "unchanged", "deleted")}
             rows |= {"encoded": appended, "previous_read": previous, "previous_rows_deleted": deleted_rows}
+            if copied:
+                rows["unchanged_copies"] = copied
         started = datetime.datetime.fromisoformat(self._record.started)
         ended = datetime.datetime.now(datetime.timezone.utc)
         manifest: dict[str, Any] = {

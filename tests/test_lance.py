@@ -22,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
@@ -687,3 +688,33 @@ def test_an_index_is_used_and_finds_the_exact_top_10(parquet_output, model_64_pa
         exact_hits, err = search_json(capsys, uri, query, "--exact")
         assert [hit["id"] for hit in exact_hits] == exact and "exact search" in err
     assert found / (10 * len(QUERIES)) >= 0.9  # recall@10 against exact search
+
+
+def test_reembed_with_duplicate_ids_equals_a_full_embed(model_64, model_64_path, tmp_path):
+    texts = corpus_slice(120)
+    day1 = [(i, texts[i]) for i in range(100)] + [(5, texts[5]), (7, texts[107])]
+    day2 = [row for row in day1 if row != (7, texts[107])] + [(7, texts[108]), (10, texts[10]), (10, texts[10])]
+    day2 = [row for row in day2 if row[0] != 20] + [(20, texts[20])] * 3  # one previous row, three unchanged copies
+
+    def write(rows: list[tuple[int, str]], name: str) -> str:
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+        return str(path)
+
+    def args(source: str, output: Path) -> list[str]:
+        return ["--input", source, "--output", str(output), "--model", str(model_64_path)]
+
+    uri, full = tmp_path / "dups.lance", tmp_path / "full.lance"
+    embed.run(args(write(day1, "day1"), uri))
+    manifest = reembed.run(args(write(day2, "day2"), uri))
+    embed.run(args(write(day2, "day2"), full))
+    assert manifest["rows"]["unchanged_copies"] == 4  # ids 10 and 20: one previous row each, three current rows
+    assert manifest["rows"]["read"] == manifest["rows"]["embedded"] == len(day2)
+
+    def rows_of(output: Path) -> pa.Table:
+        return lance.dataset(str(output)).to_table().sort_by([("id", "ascending"), ("text_hash", "ascending")])
+
+    assert rows_of(uri).equals(rows_of(full))
+    table = rows_of(uri)
+    order = sorted(day2, key=lambda row: (row[0], text_hashes(pa.array([row[1]]))[0].as_py()))
+    assert as_matrix(table.column("embedding")).tobytes() == model_64.encode([t for _, t in order]).tobytes()
