@@ -127,6 +127,12 @@ def storage_options_for(uri: str, options: PipelineOptions) -> dict[str, str]:
     return found
 
 
+def output_target(output: str, options: PipelineOptions) -> LanceTarget:
+    """The dataset an ``--output`` names (a local path made absolute), with its storage options."""
+    uri = output if is_remote(output) else os.path.abspath(output)
+    return LanceTarget.of(uri, storage_options_for(uri, options))
+
+
 def _require_lance(output: str) -> None:
     os.environ.setdefault("LANCE_LOG", "error")  # Lance's own warnings would repeat what the run reports
     try:
@@ -192,7 +198,7 @@ def _record(target: LanceTarget, prepared: Prepared, transaction_id: str, extra:
 def run_embed(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``embed`` into a Lance dataset: one version holding this run's rows; returns the run's manifest."""
     args, options, prepared = _start("embed", argv)
-    target = LanceTarget.of(args.output, storage_options_for(args.output, options))
+    target = output_target(args.output, options)
     existing = open_output(target)
     plan = LanceCommitPlan(
         target,
@@ -208,7 +214,7 @@ def run_embed(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def run_reembed(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``reembed`` into a Lance dataset: its latest version is the previous snapshot; returns the run's manifest."""
     args, options, prepared = _start("reembed", argv)
-    target = LanceTarget.of(args.output, storage_options_for(args.output, options))
+    target = output_target(args.output, options)
     existing = open_output(target)
     schema = prepared.schema[1]
     if existing is None:

@@ -84,27 +84,40 @@ def _equal_or_both_null(left: pa.Array, right: pa.Array) -> np.ndarray:
     return np.asarray(same | both_null, dtype=bool)
 
 
-@dataclass(frozen=True)
 class PreviousKeys:
-    """The previous version's keys, indexed: all its ids, and the rows of ids it holds exactly once."""
+    """The previous version's key rows, indexed by id once per worker: which ids it has, and each single row's index."""
 
-    rows: pa.Table
-    ids: pa.Array
-    single_ids: pa.Array
-    single_rows: pa.Array
-
-    @classmethod
-    def of(cls, tables: Sequence[pa.Table], id_column: str) -> PreviousKeys:
-        """Index the key tables ``ReadFragmentKeys`` read."""
+    def __init__(self, tables: Sequence[pa.Table], id_column: str) -> None:
         rows = _concat(tables)
-        if rows is None:
-            empty = pa.array([], pa.int64())
-            return cls(pa.table({id_column: empty}), empty, empty, empty)
-        ids = _ids(rows, id_column)
-        numbered = pa.table({"key": ids, "row": np.arange(len(rows))})
-        counted = numbered.group_by("key", use_threads=False).aggregate([("row", "count"), ("row", "min")])
-        single = counted.filter(pc.equal(counted.column("row_count"), 1))
-        return cls(rows, ids, single.column("key").combine_chunks(), single.column("row_min").combine_chunks())
+        self.rows = rows if rows is not None else pa.table({id_column: pa.array([], pa.int64())})
+        ids = _ids(self.rows, id_column)
+        self._numeric = pa.types.is_integer(ids.type) and ids.null_count == 0
+        if self._numeric:
+            values = ids.to_numpy().astype(np.int64)
+            self._unique, self._first, self._counts = np.unique(values, return_index=True, return_counts=True)
+        else:  # any other id type: a dict of id -> (rows, first row); null ids never match
+            self._rows_of: dict[Any, tuple[int, int]] = {}
+            for row, value in enumerate(ids.to_pylist()):
+                if value is not None:
+                    count, first = self._rows_of.get(value, (0, row))
+                    self._rows_of[value] = (count + 1, first)
+
+    def lookup(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """For each id: whether the previous version has it, and its row there when it has exactly one (else -1)."""
+        nothing = (np.zeros(len(ids), dtype=bool), np.full(len(ids), -1, dtype=np.int64))
+        if self._numeric:
+            if not pa.types.is_integer(ids.type) or not len(self._unique):
+                return nothing
+            valid = ids.is_valid().to_numpy(zero_copy_only=False)
+            values = ids.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            position = np.minimum(np.searchsorted(self._unique, values), len(self._unique) - 1)
+            known = valid & (self._unique[position] == values)
+            single = known & (self._counts[position] == 1)
+            return known, np.where(single, self._first[position], -1)
+        found = [self._rows_of.get(value) if value is not None else None for value in ids.to_pylist()]
+        known = np.array([entry is not None for entry in found], dtype=bool)
+        rows = np.array([entry[1] if entry is not None and entry[0] == 1 else -1 for entry in found], dtype=np.int64)
+        return known, rows
 
 
 class ClassifyRows(beam.DoFn):  # type: ignore[misc]
@@ -117,7 +130,7 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
 
     def _previous(self, tables: Sequence[pa.Table]) -> PreviousKeys:
         if self._index is None or self._index[0] != id(tables):
-            self._index = (id(tables), PreviousKeys.of(tables, self._id))
+            self._index = (id(tables), PreviousKeys(tables, self._id))
         return self._index[1]
 
     def process(self, table: pa.Table, previous_tables: Sequence[pa.Table]) -> Iterator[Any]:
@@ -125,13 +138,11 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
         previous = self._previous(previous_tables)
         ids = _ids(table, self._id)
         embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
-        known = pc.is_in(ids, value_set=previous.ids).to_numpy(zero_copy_only=False)
-        position = pc.index_in(ids, value_set=previous.single_ids)
-        found = position.is_valid().to_numpy(zero_copy_only=False) & embeddable
+        known, previous_row = previous.lookup(ids)
         unchanged = np.zeros(len(table), dtype=bool)
-        candidates = np.flatnonzero(found)
+        candidates = np.flatnonzero((previous_row >= 0) & embeddable)
         if len(candidates):
-            rows = previous.single_rows.take(position.take(pa.array(candidates)))
+            rows = pa.array(previous_row[candidates])
             same = np.ones(len(candidates), dtype=bool)
             for name in self._compared:
                 same &= _equal_or_both_null(

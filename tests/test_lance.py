@@ -690,7 +690,8 @@ def test_an_index_is_used_and_finds_the_exact_top_10(parquet_output, model_64_pa
     assert found / (10 * len(QUERIES)) >= 0.9  # recall@10 against exact search
 
 
-def test_reembed_with_duplicate_ids_equals_a_full_embed(model_64, model_64_path, tmp_path):
+@pytest.mark.parametrize("id_type", [pa.int64(), pa.string()])
+def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model_64_path, tmp_path):
     texts = corpus_slice(120)
     day1 = [(i, texts[i]) for i in range(100)] + [(5, texts[5]), (7, texts[107])]
     day2 = [row for row in day1 if row != (7, texts[107])] + [(7, texts[108]), (10, texts[10]), (10, texts[10])]
@@ -698,7 +699,8 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(model_64, model_64_path,
 
     def write(rows: list[tuple[int, str]], name: str) -> str:
         path = tmp_path / f"{name}.parquet"
-        pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+        ids = pa.array([r[0] for r in rows]).cast(id_type)
+        pq.write_table(pa.table({"id": ids, "text": [r[1] for r in rows]}), path)
         return str(path)
 
     def args(source: str, output: Path) -> list[str]:
@@ -716,5 +718,7 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(model_64, model_64_path,
 
     assert rows_of(uri).equals(rows_of(full))
     table = rows_of(uri)
-    order = sorted(day2, key=lambda row: (row[0], text_hashes(pa.array([row[1]]))[0].as_py()))
+    order = sorted(
+        day2, key=lambda row: (pa.scalar(row[0]).cast(id_type).as_py(), text_hashes(pa.array([row[1]]))[0].as_py())
+    )
     assert as_matrix(table.column("embedding")).tobytes() == model_64.encode([t for _, t in order]).tobytes()
