@@ -1,8 +1,8 @@
 """Lance benchmark: ``embed`` into Parquet and into Lance, ``reembed`` into Lance, and search, side by side.
 
-One invocation builds its inputs from the shared corpus (repeated ``--scale`` times, ids 0..n-1,
-row groups of 50,000 rows; the same inputs as ``bench/pipeline.py``) and runs, each as its own
-process timed from start-up to exit with the peak resident memory of its process tree:
+One invocation builds its inputs from the corpus (the linux-doc paragraphs by default), repeated ``--scale``
+times with ids 0..n-1 and row groups of 50,000 rows (the same inputs as ``bench/pipeline.py``), and runs,
+each as its own process timed from start-up to exit with the peak resident memory of its process tree:
 
 * ``beam-m2v embed --output DIR`` (Parquet shards), and ``--output DIR.lance`` (a Lance dataset);
 * ``beam-m2v reembed --output DIR.lance`` after 1% of the texts changed (every 100th), on a copy
