@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
-from beam_m2v.errors import InvalidTextError, ModelLoadError
+from beam_m2v.errors import InvalidTextError, MissingDependencyError, ModelLoadError
 from beam_m2v.loading import load_model
 
 __version__ = "0.1.0"
@@ -14,9 +14,13 @@ _BEAM_NAMES = {
     "EmbedTables",
     "EmbedText",
     "FailedElement",
+    "LanceCommit",
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelSpec",
+    "WriteToLance",
+    "create_milvus_collection",
+    "milvus_column_specs",
     "register_arrow_table_coder",
 }
 
@@ -38,13 +42,18 @@ __all__ = [
     "EncodingSettings",
     "FailedElement",
     "InvalidTextError",
+    "LanceCommit",
+    "MissingDependencyError",
     "Model2VecEmbeddings",
     "Model2VecModelHandler",
     "ModelLoadError",
     "ModelSpec",
     "Semantics",
     "StaticEmbedder",
+    "WriteToLance",
     "__version__",
+    "create_milvus_collection",
     "load_model",
+    "milvus_column_specs",
     "register_arrow_table_coder",
 ]

@@ -27,3 +27,12 @@ class InvalidTextError(ValueError):
     def __reduce__(self) -> tuple[type[InvalidTextError], tuple[int, str]]:
         """Pickle with both fields (RunInference's failed batches carry this error across processes)."""
         return (type(self), (self.index, self.reason))
+
+
+class MissingDependencyError(ImportError):
+    """An optional feature was used without its package installed: says which extra to install."""
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {package!r} package: pip install 'beam-m2v[{extra}]'")
+        self.package = package
+        self.extra = extra

@@ -1,18 +1,21 @@
-"""The ``beam-m2v`` console command: ``beam-m2v embed ...`` and ``beam-m2v reembed ...``."""
+"""The ``beam-m2v`` console command: ``embed``, ``reembed``, ``show``, ``search`` and ``index``."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from pipelines.process_exit import exit_process
 
-USAGE = """usage: beam-m2v {embed,reembed,show} [options]
+USAGE = """usage: beam-m2v {embed,reembed,show,search,index} [options]
 
-  embed     embed a Parquet or JSONL corpus into Parquet vector shards
+  embed     embed a Parquet or JSONL corpus into Parquet vector shards (or a Lance dataset: --output PATH.lance)
   reembed   re-embed a changed corpus, reusing the previous run's vectors
   show      print a run's counts, model and first rows
+  search    the rows nearest to a query text, in a Lance dataset or a Parquet output
+  index     build a vector index on a Lance dataset
 
 'beam-m2v COMMAND --help' lists a command's options."""
 
@@ -24,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    os.environ.setdefault("LANCE_LOG", "error")  # Lance's own warnings would repeat what the commands report
+    if command in ("embed", "reembed"):
+        from pipelines import lance_output
+
+        if lance_output.lance_output(rest):
+            return lance_output.embed_main(rest) if command == "embed" else lance_output.reembed_main(rest)
     if command == "embed":
         from pipelines import embed
 
@@ -36,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines import show
 
         return show.main(rest)
+    if command == "search":
+        from pipelines import search
+
+        return search.main(rest)
+    if command == "index":
+        from pipelines import lance_index
+
+        return lance_index.main(rest)
     print(f"beam-m2v: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -288,6 +288,10 @@ def counter_total(result: Any, name: str) -> int:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embed pipeline; returns the published manifest."""
+    from pipelines import lance_output  # an output ending in .lance is a Lance dataset
+
+    if lance_output.lance_output(argv):
+        return lance_output.run_embed(argv)
     parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
     add_output_arguments(parser)

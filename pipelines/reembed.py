@@ -386,6 +386,10 @@ def build_pipeline(
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the re-embedding pipeline; returns the published manifest."""
+    from pipelines import lance_output  # an output ending in .lance is a Lance dataset
+
+    if lance_output.lance_output(argv):
+        return lance_output.run_reembed(argv)
     parser = argparse.ArgumentParser(prog="beam-m2v reembed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
     parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")

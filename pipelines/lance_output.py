@@ -1,0 +1,399 @@
+"""``beam-m2v embed`` and ``reembed`` with ``--output PATH.lance``: a Lance dataset, one new version per run.
+
+The dataset (local path, ``s3://`` or ``gs://``) holds ``id``, ``embedding``
+(``fixed_size_list<float32>[dim]``), ``text_hash`` and the kept columns; the model facts are
+its schema metadata (key ``beam_m2v``). Each run commits exactly one version:
+
+* ``embed``: a version holding only this run's rows (a new dataset, or an overwrite of an
+  existing beam-m2v dataset; earlier versions stay readable).
+* ``reembed``: the latest version is the previous snapshot. New and changed rows are
+  appended as new fragments, the previous rows of changed and vanished ids are deleted
+  (deletion files; data files are never rewritten), unchanged rows are not touched. When
+  the model, a setting or the columns differ from the dataset's, the run commits a full
+  overwrite instead.
+
+A run's record and dead letters go into the dataset's folder, which Lance ignores::
+
+    PATH.lance/_beam_m2v/runs/<UTC start>-<id>/manifest.json
+    PATH.lance/_beam_m2v/runs/<UTC start>-<id>/failed/failed-*.jsonl
+
+The record is also committed with the version itself (transaction property ``beam_m2v_run``).
+The commit is refused, and nothing is committed, when the dataset moved since the run read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.textio import WriteToText
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+from apache_beam.pvalue import AsDict, AsList, PCollection
+
+from beam_m2v.errors import MissingDependencyError
+from beam_m2v.remote_files import is_remote
+from beam_m2v.transforms.arrow_coder import register_arrow_table_coder
+from beam_m2v.transforms.lance_write import (
+    LanceCommitPlan,
+    LanceTarget,
+    WriteLanceFragments,
+    committed_version,
+    import_lance,
+)
+from pipelines.content_hash import HASH_COLUMN
+from pipelines.embed import (
+    Prepared,
+    add_input_arguments,
+    console_main,
+    embed_tables,
+    pipeline_options,
+    prepare,
+    read_corpus,
+)
+from pipelines.inputs import InputError
+from pipelines.lance_steps import (
+    COPIES,
+    DELETES,
+    KEYS,
+    REMOVED,
+    ROW_ADDRESS,
+    TALLY,
+    TO_EMBED,
+    UPDATED,
+    ClassifyRows,
+    CommitRun,
+    CopyRows,
+    DeleteRows,
+    ReadFragmentKeys,
+    ReconcileBucket,
+    RunRecord,
+    SplitByFragment,
+    read_json,
+    tally,
+)
+from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, dead_letter_json, matching_paths, to_output_table
+from pipelines.progress import ReportProgress
+from pipelines.reembed import SplitByBucket, reusable
+
+logger = logging.getLogger("beam_m2v.lance")
+
+LANCE_SUFFIX = ".lance"
+#: Buckets the ids of a re-embedding run meet in (no texts travel through them).
+JOIN_BUCKETS = 16
+
+
+class LanceRunConflict(RuntimeError):
+    """Another writer committed to the dataset while the run worked; the run committed nothing."""
+
+
+def lance_output(argv: Sequence[str] | None) -> str | None:
+    """The ``--output`` of a command line when it names a Lance dataset (a path ending in ``.lance``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for position, arg in enumerate(args):
+        if arg == "--output" and position + 1 < len(args):
+            value = args[position + 1]
+        elif arg.startswith("--output="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        return value if value.rstrip("/").endswith(LANCE_SUFFIX) else None
+    return None
+
+
+def storage_options_for(uri: str, options: PipelineOptions) -> dict[str, str]:
+    """Lance storage options for an ``s3://`` dataset, from Beam's ``--s3_*`` options (none set: none)."""
+    if not uri.startswith("s3://"):
+        return {}
+    s3 = options.view_as(S3Options)
+    given = {
+        "aws_access_key_id": s3.s3_access_key_id,
+        "aws_secret_access_key": s3.s3_secret_access_key,
+        "aws_session_token": s3.s3_session_token,
+        "aws_endpoint": s3.s3_endpoint_url,
+        "aws_region": s3.s3_region_name,
+    }
+    found = {key: str(value) for key, value in given.items() if value}
+    if found.get("aws_endpoint", "").startswith("http://"):
+        found["allow_http"] = "true"
+    return found
+
+
+def output_target(output: str, options: PipelineOptions) -> LanceTarget:
+    """The dataset an ``--output`` names (a local path made absolute), with its storage options."""
+    uri = output if is_remote(output) else os.path.abspath(output)
+    return LanceTarget.of(uri, storage_options_for(uri, options))
+
+
+def _require_lance(output: str) -> None:
+    os.environ.setdefault("LANCE_LOG", "error")  # Lance's own warnings would repeat what the run reports
+    try:
+        import_lance()
+    except MissingDependencyError as error:
+        raise InputError(f"--output {output}: {error}") from None
+
+
+def open_output(target: LanceTarget) -> Any:
+    """The dataset at the output (None when there is none), checked to be one beam-m2v wrote."""
+    try:
+        dataset = target.open()
+    except (ValueError, OSError) as error:
+        raise InputError(f"--output {target.uri}: cannot open it as a Lance dataset ({error})") from None
+    if dataset is None:
+        exists = bool(matching_paths(f"{target.uri}/*")) if is_remote(target.uri) else os.path.exists(target.uri)
+        if exists:
+            raise InputError(f"--output {target.uri} exists and is not a Lance dataset; choose another path")
+        return None
+    if METADATA_KEY not in (dataset.schema.metadata or {}):
+        raise InputError(
+            f"--output {target.uri} is a Lance dataset that beam-m2v did not write (no {METADATA_KEY.decode()!r} "
+            "schema metadata); beam-m2v adds versions only to its own datasets"
+        )
+    return dataset
+
+
+def dataset_facts(dataset: Any) -> dict[str, Any]:
+    """The model facts stored in a dataset's schema metadata."""
+    facts: dict[str, Any] = json.loads(dataset.schema.metadata[METADATA_KEY])
+    return facts
+
+
+def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions, Prepared]:
+    parser = argparse.ArgumentParser(prog=f"beam-m2v {command}", description=__doc__.split("\n")[0])
+    add_input_arguments(parser)
+    if command == "reembed":
+        parser.add_argument("--previous", help=argparse.SUPPRESS)
+    args, beam_args = parser.parse_known_args(argv)
+    _require_lance(args.output)
+    if getattr(args, "previous", None):
+        raise InputError(
+            "--previous is not used with a Lance output: the dataset's latest version is the previous snapshot"
+        )
+    options = pipeline_options(beam_args)
+    FileSystems.set_options(options)
+    return args, options, prepare(args)
+
+
+def _record(target: LanceTarget, prepared: Prepared, transaction_id: str, extra: dict[str, Any]) -> RunRecord:
+    started = datetime.datetime.now(datetime.timezone.utc)
+    fields = {
+        "input": prepared.input.pattern,
+        "input_format": prepared.input.format,
+        "input_files": prepared.files,
+        **prepared.model_facts,
+        **extra,
+    }
+    name = f"{started:%Y%m%dT%H%M%S}Z-{transaction_id[:8]}"
+    return RunRecord(target.uri, name, started.isoformat(), tuple(sorted(fields.items())))
+
+
+def run_embed(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``embed`` into a Lance dataset: one version holding this run's rows; returns the run's manifest."""
+    args, options, prepared = _start("embed", argv)
+    target = output_target(args.output, options)
+    existing = open_output(target)
+    plan = LanceCommitPlan(
+        target,
+        prepared.schema[1],
+        "create" if existing is None else "overwrite",
+        expected_version=0 if existing is None else int(existing.version),
+    )
+    record = _record(target, prepared, plan.transaction_id, {})
+    logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, target.uri)
+    return _run(options, prepared, plan, record)
+
+
+def run_reembed(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``reembed`` into a Lance dataset: its latest version is the previous snapshot; returns the run's manifest."""
+    args, options, prepared = _start("reembed", argv)
+    target = output_target(args.output, options)
+    existing = open_output(target)
+    schema = prepared.schema[1]
+    if existing is None:
+        logger.info("%s does not exist yet: embedding every row", target.uri)
+        plan = LanceCommitPlan(target, schema, "create", expected_version=0)
+        return _run(options, prepared, plan, _record(target, prepared, plan.transaction_id, {}))
+    version = int(existing.version)
+    same_columns = existing.schema.remove_metadata().equals(schema.remove_metadata())
+    reuse = reusable(dataset_facts(existing), prepared.model_facts) and same_columns
+    fragment_ids = sorted(int(fragment.fragment_id) for fragment in existing.get_fragments())
+    extra = {"reused_previous_vectors": reuse and bool(fragment_ids), "previous_version": version}
+    if not (reuse and fragment_ids):
+        if not reuse:
+            logger.info("the model, its settings or the columns differ from %s: re-embedding every row", target.uri)
+        plan = LanceCommitPlan(target, schema, "overwrite", expected_version=version)
+        return _run(options, prepared, plan, _record(target, prepared, plan.transaction_id, extra))
+    plan = LanceCommitPlan(target, schema, "update", expected_version=version)
+    logger.info("re-embedding %s against %s version %d", args.input, target.uri, version)
+    return _run(options, prepared, plan, _record(target, prepared, plan.transaction_id, extra), fragment_ids)
+
+
+def _run(
+    options: PipelineOptions,
+    prepared: Prepared,
+    plan: LanceCommitPlan,
+    record: RunRecord,
+    fragment_ids: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Run the pipeline; a failure after another writer moved the dataset is reported as a conflict."""
+    register_arrow_table_coder()
+    try:
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, prepared, plan, record, fragment_ids)
+        pipeline.run().wait_until_finish()
+    except Exception as error:
+        _raise_if_moved(plan, error)
+        raise
+    return read_json(record.manifest_path)
+
+
+def _raise_if_moved(plan: LanceCommitPlan, error: Exception) -> None:
+    latest = plan.target.open()
+    now = 0 if latest is None else int(latest.version)
+    if plan.expected_version is None or now == plan.expected_version:
+        return
+    if latest is not None and committed_version(latest, plan.transaction_id, plan.expected_version) is not None:
+        return
+    raise LanceRunConflict(
+        f"{plan.target.uri} moved from version {plan.expected_version} to {now} while this run worked "
+        "(another writer committed); this run committed nothing: run it again"
+    ) from error
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    prepared: Prepared,
+    plan: LanceCommitPlan,
+    record: RunRecord,
+    fragment_ids: Sequence[int] = (),
+) -> None:
+    """Read, (join,) embed, write fragments and dead letters, then commit once."""
+    spec = prepared.input
+    schema = prepared.schema[1]
+    tables, read_failures = read_corpus(pipeline, prepared)
+    counts = [tables | "CountRows" >> tally("rows")]
+    counts += [failures | f"CountReadFailures{n}" >> tally("read_failed") for n, failures in enumerate(read_failures)]
+    side: dict[str, Any] = {}
+    to_embed = tables
+    if plan.operation == "update":
+        assert plan.expected_version is not None
+        version = plan.expected_version
+        compared = [name for name in schema.names if name not in (spec.id_column, EMBEDDING_COLUMN, HASH_COLUMN)]
+        previous = (
+            pipeline
+            | "PreviousFragments" >> beam.Create(list(fragment_ids))
+            | "SpreadPrevious" >> beam.Reshuffle()
+            | "ReadPreviousKeys"
+            >> beam.ParDo(
+                ReadFragmentKeys(plan.target, version, [spec.id_column, HASH_COLUMN, *compared])
+            ).with_output_types(pa.Table)
+        )
+        classified = tables | "Classify" >> beam.ParDo(
+            ClassifyRows(spec.id_column, compared), AsList(previous)
+        ).with_outputs(TO_EMBED, KEYS, TALLY)
+        to_embed = classified[TO_EMBED]
+        bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
+        keyed_current = classified[KEYS] | "BucketCurrent" >> beam.ParDo(
+            SplitByBucket(spec.id_column, "current", JOIN_BUCKETS)
+        ).with_output_types(bucketed)
+        keyed_previous = (
+            previous
+            | "PreviousAddresses"
+            >> beam.Map(lambda table: table.select([spec.id_column, ROW_ADDRESS])).with_output_types(pa.Table)
+            | "BucketPrevious"
+            >> beam.ParDo(SplitByBucket(spec.id_column, "previous", JOIN_BUCKETS)).with_output_types(bucketed)
+        )
+        reconciled = (
+            (keyed_current, keyed_previous)
+            | "Together" >> beam.Flatten()
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "Reconcile" >> beam.ParDo(ReconcileBucket(spec.id_column)).with_outputs(DELETES, COPIES, TALLY)
+        )
+        deletes = reconciled[DELETES]
+        deleted = (
+            deletes
+            | "ByFragment" >> beam.ParDo(SplitByFragment())
+            | "GroupByFragment" >> beam.GroupByKey()
+            | "DeleteRows" >> beam.ParDo(DeleteRows(plan.target, version)).with_outputs(UPDATED, REMOVED)
+        )
+        copies = (
+            reconciled[COPIES]
+            | "CopiesByFragment" >> beam.ParDo(SplitByFragment())
+            | "GroupCopiesByFragment" >> beam.GroupByKey()
+            | "CopyRows" >> beam.ParDo(CopyRows(plan.target, version, schema.names)).with_output_types(pa.Table)
+        )
+        copied = copies | "WriteCopies" >> beam.ParDo(WriteLanceFragments(plan.target, schema))
+        counts += [
+            previous | "CountPrevious" >> tally("previous_rows"),
+            deletes | "CountDeletes" >> tally("previous_deleted"),
+            copies | "CountCopies" >> tally("copied"),
+            classified[TALLY],
+            reconciled[TALLY],
+        ]
+        side = {"updated": AsList(deleted[UPDATED]), "removed": AsList(deleted[REMOVED]), "copies": AsList(copied)}
+    embedded, failed = embed_tables(to_embed, prepared)
+    counts.append(failed | "CountFailed" >> tally("embed_failed"))
+    fragments = (
+        embedded
+        | "Progress" >> beam.ParDo(ReportProgress()).with_output_types(pa.Table)
+        | "OutputColumns" >> beam.Map(to_output_table, schema).with_output_types(pa.Table)
+        | "WriteFragments"
+        >> beam.ParDo(WriteLanceFragments(plan.target, schema, new_schema=plan.operation != "update"))
+    )
+    dead_letter_files: PCollection[str] = (
+        (failed, *read_failures)
+        | "AllFailures" >> beam.Flatten()
+        | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
+        # Beam 2.77's S3 writer rejects empty objects: on object stores, no failures means no shard.
+        | "WriteFailures"
+        >> WriteToText(record.failed_prefix, file_name_suffix=".jsonl", skip_if_empty=is_remote(record.output))
+    )
+    totals = tuple(counts) | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+    _ = (
+        pipeline
+        | "CommitOnce" >> beam.Create([None])
+        | "Commit"
+        >> beam.ParDo(CommitRun(plan, record), AsList(fragments), AsDict(totals), AsList(dead_letter_files), **side)
+    )
+
+
+def summary_line(manifest: dict[str, Any]) -> str:
+    """One line: what the run did and the version it committed."""
+    rows = manifest["rows"]
+    if "new" in rows:
+        done = (
+            f"{rows['new']:,} new, {rows['changed']:,} changed, {rows['unchanged']:,} unchanged (vectors kept), "
+            f"{rows['deleted']:,} deleted"
+        )
+    else:
+        done = f"{rows['embedded']:,} embedded"
+    return (
+        f"done: {rows['read']:,} rows read; {done}; {rows['failed']:,} failed in {manifest['seconds']:.1f} s; "
+        f"{manifest['output']} is at version {manifest['version']}"
+    )
+
+
+def _console(command: str, run: Any, argv: Sequence[str] | None) -> int:
+    try:
+        return console_main(command, run, summary_line, argv)
+    except LanceRunConflict as error:
+        print(f"beam-m2v {command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def embed_main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``beam-m2v embed --output PATH.lance``."""
+    return _console("embed", run_embed, argv)
+
+
+def reembed_main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``beam-m2v reembed --output PATH.lance``."""
+    return _console("reembed", run_reembed, argv)

@@ -1,0 +1,387 @@
+"""The Beam steps of a Lance run: previous keys, classifying rows, row deletions, and the one commit.
+
+A re-embedding run reads the ids, text hashes and kept columns of the dataset's latest
+version fragment by fragment, with each row's address (fragment id and offset). Every worker
+holds them (about 30 bytes a row plus kept values) and classifies the corpus table by table
+where it is read: a row whose id has one previous row with the same text hash and kept values
+is unchanged and goes no further; the others (new, changed) are embedded and appended. Only
+ids and flags, no texts, then meet the previous rows' ids in buckets, to find the previous
+rows to delete (every row of an id without an unchanged current row) and ids that are
+unchanged in several current rows (whose one previous row is then copied). Deletions are
+deletion files per touched fragment, written by the workers. The commit step checks that
+every row is accounted for and commits the appended and updated fragments as one version.
+Unchanged vectors are never read or rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_m2v.transforms.lance_write import LanceCommitPlan, LanceTarget, commit_fragments, fragment_rows
+from pipelines.content_hash import HASH_COLUMN
+
+#: The row address column Lance adds when asked (``fragment id << 32 | offset``).
+ROW_ADDRESS = "_rowaddr"
+#: Tagged outputs of ``ClassifyRows``, ``ReconcileBucket`` and ``DeleteRows``, and the flags of the key tables.
+TO_EMBED, KEYS, DELETES, COPIES, TALLY = "to_embed", "keys", "deletes", "copies", "tally"
+UNCHANGED, EMBEDDABLE = "__unchanged", "__embeddable"
+UPDATED, REMOVED = "updated", "removed"
+_CURRENT, _PREVIOUS = "current", "previous"
+#: Where a run's record and dead letters go, inside the dataset's folder (Lance ignores it).
+RUNS_DIR = "_beam_m2v/runs"
+MANIFEST_NAME = "manifest.json"
+#: Transaction property holding the run's record, committed atomically with its version.
+RUN_PROPERTY = "beam_m2v_run"
+
+
+def tally(name: str) -> Any:
+    """A ``Map`` turning tables into ``(name, rows)`` and anything else into ``(name, 1)``."""
+    return beam.Map(lambda element: (name, element.num_rows if isinstance(element, pa.Table) else 1))
+
+
+class ReadFragmentKeys(beam.DoFn):  # type: ignore[misc]
+    """Read the key columns of one fragment of a dataset version, with each row's address."""
+
+    def __init__(self, target: LanceTarget, version: int, columns: Sequence[str]) -> None:
+        self._target = target
+        self._version = version
+        self._columns = list(columns)
+
+    def setup(self) -> None:
+        """Open the dataset at the version being re-embedded."""
+        self._dataset = self._target.open(self._version)
+
+    def process(self, fragment_id: int) -> Iterator[pa.Table]:
+        """The fragment's ``columns`` and ``_rowaddr`` (deleted rows excluded)."""
+        fragment = self._dataset.get_fragment(fragment_id)
+        yield fragment.to_table(columns=self._columns, with_row_address=True)
+
+
+def _concat(tables: Sequence[pa.Table]) -> pa.Table | None:
+    return pa.concat_tables(list(tables)).combine_chunks() if tables else None
+
+
+def _ids(table: pa.Table, id_column: str) -> pa.Array:
+    return table.column(id_column).combine_chunks()
+
+
+def _equal_or_both_null(left: pa.Array, right: pa.Array) -> np.ndarray:
+    """Element-wise equality where two nulls are equal."""
+    same = pc.fill_null(pc.equal(left, right), False).to_numpy(zero_copy_only=False)
+    both_null = pc.and_(pc.is_null(left), pc.is_null(right)).to_numpy(zero_copy_only=False)
+    return np.asarray(same | both_null, dtype=bool)
+
+
+class PreviousKeys:
+    """The previous version's key rows, indexed by id once per worker: which ids it has, and each single row's index."""
+
+    def __init__(self, tables: Sequence[pa.Table], id_column: str) -> None:
+        rows = _concat(tables)
+        self.rows = rows if rows is not None else pa.table({id_column: pa.array([], pa.int64())})
+        ids = _ids(self.rows, id_column)
+        self._numeric = pa.types.is_integer(ids.type) and ids.null_count == 0
+        if self._numeric:
+            values = ids.to_numpy().astype(np.int64)
+            self._unique, self._first, self._counts = np.unique(values, return_index=True, return_counts=True)
+        else:  # any other id type: a dict of id -> (rows, first row); null ids never match
+            self._rows_of: dict[Any, tuple[int, int]] = {}
+            for row, value in enumerate(ids.to_pylist()):
+                if value is not None:
+                    count, first = self._rows_of.get(value, (0, row))
+                    self._rows_of[value] = (count + 1, first)
+
+    def lookup(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """For each id: whether the previous version has it, and its row there when it has exactly one (else -1)."""
+        nothing = (np.zeros(len(ids), dtype=bool), np.full(len(ids), -1, dtype=np.int64))
+        if self._numeric:
+            if not pa.types.is_integer(ids.type) or not len(self._unique):
+                return nothing
+            valid = ids.is_valid().to_numpy(zero_copy_only=False)
+            values = ids.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            position = np.minimum(np.searchsorted(self._unique, values), len(self._unique) - 1)
+            known = valid & (self._unique[position] == values)
+            single = known & (self._counts[position] == 1)
+            return known, np.where(single, self._first[position], -1)
+        found = [self._rows_of.get(value) if value is not None else None for value in ids.to_pylist()]
+        known = np.array([entry is not None for entry in found], dtype=bool)
+        rows = np.array([entry[1] if entry is not None and entry[0] == 1 else -1 for entry in found], dtype=np.int64)
+        return known, rows
+
+
+class ClassifyRows(beam.DoFn):  # type: ignore[misc]
+    """Split each corpus table into rows to embed and unchanged rows, against the previous keys (a side input)."""
+
+    def __init__(self, id_column: str, compared_columns: Sequence[str]) -> None:
+        self._id = id_column
+        self._compared = [HASH_COLUMN, *compared_columns]
+        self._index: tuple[int, PreviousKeys] | None = None
+
+    def _previous(self, tables: Sequence[pa.Table]) -> PreviousKeys:
+        if self._index is None or self._index[0] != id(tables):
+            self._index = (id(tables), PreviousKeys(tables, self._id))
+        return self._index[1]
+
+    def process(self, table: pa.Table, previous_tables: Sequence[pa.Table]) -> Iterator[Any]:
+        """Outputs ``to_embed`` (rows, texts included), ``keys`` (id and flags, no text) and ``tally``."""
+        previous = self._previous(previous_tables)
+        ids = _ids(table, self._id)
+        embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
+        known, previous_row = previous.lookup(ids)
+        unchanged = np.zeros(len(table), dtype=bool)
+        candidates = np.flatnonzero((previous_row >= 0) & embeddable)
+        if len(candidates):
+            rows = pa.array(previous_row[candidates])
+            same = np.ones(len(candidates), dtype=bool)
+            for name in self._compared:
+                same &= _equal_or_both_null(
+                    table.column(name).take(pa.array(candidates)).combine_chunks(),
+                    previous.rows.column(name).take(rows).combine_chunks(),
+                )
+            unchanged[candidates[same]] = True
+        yield beam.pvalue.TaggedOutput(TALLY, ("new", int((embeddable & ~known).sum())))
+        yield beam.pvalue.TaggedOutput(TALLY, ("changed", int((embeddable & known & ~unchanged).sum())))
+        yield beam.pvalue.TaggedOutput(TALLY, ("unchanged", int(unchanged.sum())))
+        if (~unchanged).any():
+            yield beam.pvalue.TaggedOutput(TO_EMBED, table.filter(pa.array(~unchanged)))
+        keys = pa.table({self._id: ids, UNCHANGED: unchanged, EMBEDDABLE: embeddable})
+        yield beam.pvalue.TaggedOutput(KEYS, keys)
+
+
+class ReconcileBucket(beam.DoFn):  # type: ignore[misc]
+    """For one bucket of ids: the previous rows to delete, and previous rows to copy for repeated unchanged ids.
+
+    A previous row is kept when its id has an unchanged current row (that id then has one
+    previous row); every other previous row is deleted. An id unchanged in ``n`` current rows
+    keeps its previous row and has it copied ``n - 1`` times, as a full embed would hold ``n``.
+    """
+
+    def __init__(self, id_column: str) -> None:
+        self._id = id_column
+
+    def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
+        """Tagged outputs: ``deletes`` and ``copies`` (tables of ``_rowaddr``) and ``tally`` (deleted ids' rows)."""
+        _, parts = item
+        previous = _concat([table for side, table in parts if side == _PREVIOUS])
+        if previous is None or not len(previous):
+            return
+        current = _concat([table for side, table in parts if side == _CURRENT])
+        if current is None:
+            current = pa.table(
+                {self._id: pa.array([], previous.schema.field(self._id).type), UNCHANGED: [], EMBEDDABLE: []}
+            )
+        ids = _ids(previous, self._id)
+        unchanged = current.filter(current.column(UNCHANGED))
+        counts = unchanged.group_by(self._id, use_threads=False).aggregate([(self._id, "count")])
+        position = pc.index_in(ids, value_set=counts.column(self._id).combine_chunks())
+        copies = np.zeros(len(previous), dtype=np.int64)
+        kept = position.is_valid().to_numpy(zero_copy_only=False)
+        if kept.any():
+            per_id = counts.column(f"{self._id}_count").combine_chunks()
+            copies[kept] = per_id.take(position.filter(position.is_valid())).to_numpy() - 1
+        addresses = previous.column(ROW_ADDRESS).combine_chunks()
+        embeddable_ids = _ids(current, self._id).filter(current.column(EMBEDDABLE).combine_chunks())
+        vanished = pc.invert(pc.is_in(ids, value_set=embeddable_ids)).to_numpy(zero_copy_only=False)
+        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", int(vanished.sum())))
+        if (~kept).any():
+            yield beam.pvalue.TaggedOutput(DELETES, pa.table({ROW_ADDRESS: addresses.filter(pa.array(~kept))}))
+        if copies.any():
+            repeated = np.repeat(addresses.to_numpy(), copies)
+            yield beam.pvalue.TaggedOutput(COPIES, pa.table({ROW_ADDRESS: pa.array(repeated, pa.uint64())}))
+
+
+class CopyRows(beam.DoFn):  # type: ignore[misc]
+    """Read the rows (all output columns) at given addresses of one fragment, repeated as often as asked."""
+
+    def __init__(self, target: LanceTarget, version: int, columns: Sequence[str]) -> None:
+        self._target = target
+        self._version = version
+        self._columns = list(columns)
+
+    def setup(self) -> None:
+        """Open the dataset at the version the copies are made from."""
+        self._dataset = self._target.open(self._version)
+
+    def process(self, item: tuple[int, Sequence[np.ndarray]]) -> Iterator[pa.Table]:
+        """One table with a row per requested offset (repeats included)."""
+        fragment_id, parts = item
+        wanted = np.concatenate(list(parts))
+        table = self._dataset.get_fragment(fragment_id).to_table(columns=self._columns, with_row_address=True)
+        offsets = (table.column(ROW_ADDRESS).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        row_of = dict(zip(offsets.tolist(), range(len(offsets)), strict=True))
+        yield table.select(self._columns).take(pa.array([row_of[int(offset)] for offset in wanted]))
+
+
+class SplitByFragment(beam.DoFn):  # type: ignore[misc]
+    """Key row addresses by their fragment: ``(fragment id, offsets)``."""
+
+    def process(self, table: pa.Table) -> Iterator[tuple[int, np.ndarray]]:
+        """One item per fragment the table's addresses point into."""
+        addresses = table.column(ROW_ADDRESS).to_numpy()
+        fragments = addresses >> np.uint64(32)
+        for fragment_id in np.unique(fragments):
+            offsets = (addresses[fragments == fragment_id] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            yield int(fragment_id), offsets
+
+
+class DeleteRows(beam.DoFn):  # type: ignore[misc]
+    """Write a fragment's new deletion file; emit its metadata (or its id, when no row is left)."""
+
+    def __init__(self, target: LanceTarget, version: int) -> None:
+        self._target = target
+        self._version = version
+
+    def setup(self) -> None:
+        """Open the dataset at the version the deletions are made from."""
+        self._dataset = self._target.open(self._version)
+
+    def process(self, item: tuple[int, Sequence[np.ndarray]]) -> Iterator[Any]:
+        """Mark the offsets deleted (``updated``: fragment JSON) or report the fragment empty (``removed``)."""
+        from beam_m2v.transforms.lance_write import fragment_json
+
+        fragment_id, parts = item
+        offsets = np.unique(np.concatenate(list(parts)))
+        updated = self._dataset.get_fragment(fragment_id).delete_rows([int(offset) for offset in offsets])
+        if updated is None:
+            yield beam.pvalue.TaggedOutput(REMOVED, fragment_id)
+        else:
+            yield beam.pvalue.TaggedOutput(UPDATED, fragment_json(updated))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the commit step writes about a run: where, and the facts known when it started."""
+
+    output: str
+    name: str
+    started: str
+    fields: tuple[tuple[str, Any], ...]
+
+    @property
+    def folder(self) -> str:
+        """The run's folder inside the dataset (dead letters, manifest)."""
+        return f"{self.output}/{RUNS_DIR}/{self.name}"
+
+    @property
+    def failed_prefix(self) -> str:
+        """Prefix of the run's dead-letter shards."""
+        return f"{self.folder}/failed/failed"
+
+    @property
+    def manifest_path(self) -> str:
+        """The run's manifest."""
+        return f"{self.folder}/{MANIFEST_NAME}"
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """Write a JSON document on any Beam filesystem."""
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """Read a JSON document from any Beam filesystem."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        data: dict[str, Any] = json.loads(handle.read().decode("utf-8"))
+    return data
+
+
+class CommitRun(beam.DoFn):  # type: ignore[misc]
+    """Check that every row is accounted for, commit the run's fragments as one version, write its record.
+
+    ``read == embedded + failed`` must hold, where embedded counts the rows of the new
+    fragments plus the unchanged rows kept from the previous version; and every previous
+    row must be either kept or deleted. Otherwise nothing is committed.
+    """
+
+    def __init__(self, plan: LanceCommitPlan, record: RunRecord) -> None:
+        self._plan = plan
+        self._record = record
+
+    def process(
+        self,
+        _: object,
+        fragments: Sequence[str],
+        counts: Mapping[str, int],
+        dead_letter_files: Sequence[str],
+        updated: Sequence[str] = (),
+        removed: Sequence[int] = (),
+        copies: Sequence[str] = (),
+    ) -> Iterator[dict[str, Any]]:
+        """Commit once; yield the run's manifest (with the version it made)."""
+        fragments = [*fragments, *copies]
+        count = dict(counts)
+        copied = count.get("copied", 0)
+        appended = sum(fragment_rows(fragment) for fragment in set(fragments)) - copied
+        unchanged = count.get("unchanged", 0)
+        failed = count.get("read_failed", 0) + count.get("embed_failed", 0)
+        read = count.get("rows", 0) + count.get("read_failed", 0)
+        if read != appended + unchanged + failed:
+            raise RuntimeError(
+                f"row accounting mismatch: read {read} rows but wrote {appended} vectors, kept {unchanged} "
+                f"and {failed} dead letters; nothing was committed"
+            )
+        previous = count.get("previous_rows", 0)
+        deleted_rows = count.get("previous_deleted", 0)
+        if previous != unchanged - copied + deleted_rows:
+            raise RuntimeError(
+                f"row accounting mismatch: the previous version's {previous} rows are neither kept "
+                f"({unchanged - copied}) nor deleted ({deleted_rows}); nothing was committed"
+            )
+        rows = {"read": read, "embedded": appended + unchanged, "failed": failed}
+        if self._plan.operation == "update":
+            rows |= {name: count.get(name, 0) for name in ("new", "changed", "unchanged", "deleted")}
+            rows |= {"encoded": appended, "previous_read": previous, "previous_rows_deleted": deleted_rows}
+            if copied:
+                rows["unchanged_copies"] = copied
+        started = datetime.datetime.fromisoformat(self._record.started)
+        ended = datetime.datetime.now(datetime.timezone.utc)
+        manifest: dict[str, Any] = {
+            **dict(self._record.fields),
+            "output": self._record.output,
+            "run": self._record.name,
+            "rows": rows,
+            "operation": self._plan.operation,
+            "previous_version": self._plan.expected_version or None,
+            "dead_letter_files": sorted(dead_letter_files),
+            "started": self._record.started,
+            "ended": ended.isoformat(),
+            "seconds": round((ended - started).total_seconds(), 3),
+        }
+        commit = commit_fragments(
+            self._plan,
+            fragments,
+            updated_fragments=updated,
+            removed_fragment_ids=removed,
+            properties={RUN_PROPERTY: json.dumps(manifest, sort_keys=True, default=str)},
+        )
+        if commit.already_committed:  # a retry: the first attempt's record is the run's record
+            manifest = run_record_of(self._plan.target, commit.version) or manifest
+        manifest["version"] = commit.version
+        write_json(self._record.manifest_path, manifest)
+        yield manifest
+
+
+def run_record_of(target: LanceTarget, version: int) -> dict[str, Any] | None:
+    """The run record committed with ``version`` (None for versions beam-m2v did not make)."""
+    dataset = target.open(version)
+    transaction = dataset.read_transaction(version) if dataset is not None else None
+    properties = (transaction.transaction_properties or {}) if transaction is not None else {}
+    if RUN_PROPERTY not in properties:
+        return None
+    record: dict[str, Any] = json.loads(properties[RUN_PROPERTY])
+    record["version"] = version
+    return record
