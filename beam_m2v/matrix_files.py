@@ -98,7 +98,7 @@ def _map_tensor(path: str, name: str, info: Any, data_start: int, data_size: int
 
 
 def map_raw_matrix(path: str, dim: int) -> np.ndarray:
-    """Memory-map a headerless little-endian float32 matrix of ``dim`` columns (the seed's ``vocab_matrix.bin``)."""
+    """Memory-map a headerless little-endian float32 matrix of ``dim`` columns (a raw ``vocab_matrix.bin``)."""
     if dim <= 0:
         raise ModelLoadError(path, f"dimension must be positive, got {dim}")
     try:

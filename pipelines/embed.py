@@ -76,7 +76,12 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or hf:// path")
     parser.add_argument("--tokenizer", help="tokenizer source for a raw vocab_matrix.bin model")
-    parser.add_argument("--semantics", choices=["model2vec", "seed"], help="default: from the model format")
+    parser.add_argument(
+        "--semantics",
+        type=semantics_name,
+        choices=[semantics.value for semantics in beam_m2v.Semantics],
+        help="default: from the model format",
+    )
     parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
     parser.add_argument("--dim", type=int, help="columns of a raw vocab_matrix.bin model (default 256)")
     parser.add_argument("--batch-size", type=int, default=1024, help="texts per tokenizer call")
@@ -89,6 +94,14 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="write vector values with Parquet's BYTE_STREAM_SPLIT encoding (~10%% smaller; readers need "
         "Parquet 2.8+ support: pyarrow, DuckDB, Polars, Spark 3.2+); --no-byte-stream-split for plain pages",
     )
+
+
+def semantics_name(value: str) -> str:
+    """A ``--semantics`` value by its current name (``seed`` is an old name of ``static_backend``)."""
+    try:
+        return beam_m2v.Semantics(value).value
+    except ValueError:
+        return value  # argparse then lists the valid choices
 
 
 @dataclass(frozen=True)
