@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 from apache_beam.metrics.metric import Metrics
 
+from beam_m2v.encoder import Semantics
 from beam_m2v.remote_files import is_remote
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
@@ -263,9 +264,37 @@ def previous_files(previous: str, id_column: str) -> list[str]:
     return files
 
 
+def changed_facts(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model facts that differ from the previous run's, as ``{fact: {"previous": old, "current": new}}``.
+
+    Semantics are compared by meaning: ``"seed"``, written by older versions, is ``"static_backend"``.
+    """
+    changed = {}
+    for key in MODEL_KEYS:
+        old, new = previous_manifest.get(key), facts.get(key)
+        if key == "semantics":
+            old, new = _semantics_name(old), _semantics_name(new)
+        if old != new:
+            changed[key] = {"previous": old, "current": new}
+    return changed
+
+
+def _semantics_name(value: Any) -> Any:
+    """The current name of a semantics value (unknown values unchanged)."""
+    try:
+        return Semantics(value).value
+    except ValueError:
+        return value
+
+
 def reusable(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> bool:
     """Whether the previous run's vectors were made by the same model with the same settings."""
-    return all(previous_manifest.get(key) == facts.get(key) for key in MODEL_KEYS)
+    return not changed_facts(previous_manifest, facts)
+
+
+def describe_changes(changed: dict[str, dict[str, Any]]) -> str:
+    """``dim 64 -> 256, normalize False -> True``: what changed, for the log."""
+    return ", ".join(f"{key} {change['previous']!r} -> {change['current']!r}" for key, change in changed.items())
 
 
 def build_pipeline(
@@ -350,33 +379,47 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     prepared = prepare(args)
     previous = previous_files(args.previous, prepared.input.id_column)
     previous_manifest = read_manifest(args.previous)
-    reuse = reusable(previous_manifest, prepared.model_facts)
-    if not reuse:
-        logger.info("the model or its settings changed since the previous run: re-embedding every row")
+    changed = changed_facts(previous_manifest, prepared.model_facts)
+    reuse = not changed
+    if changed:
+        logger.info(
+            "re-embedding every row: the model or a setting changed since the previous run (%s)",
+            describe_changes(changed),
+        )
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     manifest = run_and_publish(
         options,
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders, previous, reuse),
-        lambda result: finish_manifest(prepared, folders, result, started, args.previous, reuse),
+        lambda result: finish_manifest(prepared, folders, result, started, args.previous, changed),
     )
     logger.info(summary_line(manifest))
     return manifest
 
 
 def finish_manifest(
-    prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime, previous: str, reuse: bool
+    prepared: Prepared,
+    folders: RunFolders,
+    result: Any,
+    started: datetime.datetime,
+    previous: str,
+    changed: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """The embed manifest plus what changed: new, changed, unchanged, deleted, encoded, upserts."""
+    """The embed manifest plus what changed: new, changed, unchanged, deleted, encoded, upserts.
+
+    When every row was re-embedded, ``reembed_all_because`` names the model facts that changed.
+    """
     counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
     counts["encoded"] = counter_total(result, "texts_embedded")  # texts that went through the model this run
     counts["previous_read"] = counter_total(result, "previous_rows_read")
     counts["upserts"] = _rows_in(os.path.join(folders.staging, CHANGES_DIR, "upserts-*.parquet"))
     facts = {
         "previous": previous if is_remote(previous) else os.path.abspath(previous),
-        "reused_previous_vectors": reuse,
+        "reused_previous_vectors": not changed,
     }
+    if changed:
+        facts["reembed_all_because"] = changed
     return embed_manifest(prepared, folders, result, started, extra_rows=counts, extra_fields=facts)
 
 
