@@ -1,4 +1,4 @@
-"""The ``beam-m2v`` console command: ``beam-m2v embed ...`` and ``beam-m2v reembed ...``."""
+"""The ``beam-m2v`` console command: ``beam-m2v embed ...``, ``beam-m2v reembed ...``, ``beam-m2v show ...``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import NoReturn
 from pipelines.process_exit import exit_process
 
 USAGE = """usage: beam-m2v {embed,reembed,show} [options]
+       beam-m2v --version
 
   embed     embed a Parquet or JSONL corpus into Parquet vector shards
   reembed   re-embed a changed corpus, reusing the previous run's vectors
   show      print a run's counts, model and first rows
 
-'beam-m2v COMMAND --help' lists a command's options."""
+'beam-m2v COMMAND --help' lists a command's options and their defaults."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "--version" or (command in {"embed", "reembed", "show"} and "--version" in rest):
+        from pipelines.arguments import version_line
+
+        print(version_line())  # without importing Beam
+        return 0
     if command == "embed":
         from pipelines import embed
 

@@ -26,6 +26,7 @@ from apache_beam.metrics.metric import Metrics
 from beam_m2v.encoder import plain_string_type, plain_strings
 from beam_m2v.text_checks import find_text_problem
 from beam_m2v.transforms.dead_letters import FAILED_TAG, FailedElement, preview
+from pipelines.progress import note_input_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -178,15 +179,20 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         """Read one file, ``JSONL_ROWS_PER_TABLE`` non-blank lines at a time."""
         lines: list[bytes] = []
         line_numbers: list[int] = []
+        read = 0  # bytes, for the progress report
         with FileSystems.open(path) as raw:
             for line_number, raw_line in enumerate(_lines(raw), start=1):
+                read += len(raw_line)
                 if not raw_line.strip():
                     continue
                 lines.append(raw_line)
                 line_numbers.append(line_number)
                 if len(lines) >= JSONL_ROWS_PER_TABLE:
+                    note_input_bytes(read)
+                    read = 0
                     yield from self._block(lines, line_numbers, path)
                     lines, line_numbers = [], []
+        note_input_bytes(read)
         if lines:
             yield from self._block(lines, line_numbers, path)
 

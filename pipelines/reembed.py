@@ -37,6 +37,7 @@ from apache_beam.metrics.metric import Metrics
 
 from beam_m2v.encoder import Semantics
 from beam_m2v.remote_files import is_remote
+from pipelines.arguments import parse_program_args, program_parser
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
     Prepared,
@@ -62,8 +63,14 @@ from pipelines.outputs import (
 )
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.process_exit import exit_process
+from pipelines.progress import progress_report
 
 logger = logging.getLogger("beam_m2v.reembed")
+
+DESCRIPTION = """Re-embed a changed corpus: embed only new and changed rows, reuse the previous run's vectors for
+the rest, and write a full snapshot plus the change set (upserts, deletes) for a vector store.
+
+example: beam-m2v reembed --input 'corpus/*.parquet' --previous vectors/2026-11-24 --output vectors/2026-11-25"""
 
 #: Model facts that must match for a previous vector to be reused.
 MODEL_KEYS = ("model_fingerprint", "dim", "normalize", "max_length", "semantics")
@@ -368,12 +375,22 @@ def build_pipeline(
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``beam-m2v reembed``: ``embed``'s options and ``--previous``."""
+    reembed_parser = program_parser("beam-m2v reembed", DESCRIPTION)
+    add_input_arguments(reembed_parser)
+    reembed_parser.add_argument(
+        "--previous",
+        required=True,
+        metavar="FOLDER",
+        help="output folder of the previous embed or reembed run, whose vectors are reused",
+    )
+    return reembed_parser
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the re-embedding pipeline; returns the published manifest."""
-    parser = argparse.ArgumentParser(prog="beam-m2v reembed", description=__doc__.split("\n")[0])
-    add_input_arguments(parser)
-    parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_program_args(parser(), argv)
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)
     prepared = prepare(args)
@@ -388,14 +405,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     folders = RunFolders.new(args.output)
     started = datetime.datetime.now(datetime.timezone.utc)
-    manifest = run_and_publish(
+    return run_and_publish(
         options,
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders, previous, reuse),
         lambda result: finish_manifest(prepared, folders, result, started, args.previous, changed),
+        progress=progress_report(options, prepared.files, prepared.input.format, args.progress_seconds),
     )
-    logger.info(summary_line(manifest))
-    return manifest
 
 
 def finish_manifest(
