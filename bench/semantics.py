@@ -2,7 +2,7 @@
 
 Builds the StaticBackend's raw format from the shared 256-dim model (its ``embeddings`` tensor written as
 ``vocab_matrix.bin``, float32 little-endian, next to its ``tokenizer.json``) in a temporary folder,
-loads it in both semantics, embeds the whole shared corpus with each, and prints per-text cosine
+loads it in both semantics, embeds the whole corpus with each, and prints per-text cosine
 statistics between the two, how many texts differ, and the two causes of differences that matter
 on this corpus: texts longer than 512 tokens and texts containing [UNK].
 

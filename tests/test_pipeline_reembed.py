@@ -1,6 +1,6 @@
 """End-to-end tests of ``pipelines.reembed``: real corpus slices, real files, real runners.
 
-A day-1 slice of the shared corpus is embedded; day 2 adds, edits and deletes rows and is
+A day-1 slice of the test corpus is embedded; day 2 adds, edits and deletes rows and is
 re-embedded against day 1; day 3 is re-embedded against day 2. Every change set, manifest and
 snapshot is checked against what the test constructed and against ``load_model(...).encode``.
 """
