@@ -156,17 +156,18 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
 def progress_report(
     options: PipelineOptions, files: Sequence[str], input_format: str, interval: float
 ) -> ProgressReport | None:
-    """The report for a run of ``files`` with ``options``; None when there is nothing to report here.
+    """The report for a run of ``files`` with ``options`` (silent for ``interval`` 0); None for other runners.
 
     Runners that execute the steps in other processes (Dataflow, Flink, Beam's ``multi_processing``
     mode) count there: their workers log their own lines, and the runner's monitoring shows the
     ``beam_m2v`` counters.
     """
-    if interval <= 0:
-        return None
     if not runs_in_this_process(options):
-        logger.info("progress: counted by the workers (their logs, and the runner's beam_m2v counters)")
+        if interval > 0:
+            logger.info("progress: counted by the workers (their logs, and the runner's beam_m2v counters)")
         return None
+    if interval <= 0:
+        return ProgressReport(InputSize("rows", None), 0)  # silent, and keeps the per-worker lines quiet too
     return ProgressReport(input_size(files, input_format), interval)
 
 

@@ -132,6 +132,7 @@ def test_underscore_spellings_are_ours_and_unknown_arguments_are_named(tmp_path:
     assert "--foo_bar 3 is neither a beam-m2v option nor a Beam pipeline option" in warnings[0]
     assert "--direct_num_wrkers 1 is neither" in warnings[1] and "did you mean --direct_num_workers?" in warnings[1]
     assert "Unparseable argument" not in process.stderr  # Beam's own, less clear, warnings are not repeated
+    assert "beam_m2v.progress" not in process.stderr  # --progress_seconds 0: no progress lines at all
     assert "apitools" not in process.stderr and "Resource module" not in process.stderr
     assert all(LOG_LINE.match(line) for line in process.stderr.splitlines()), process.stderr
 
