@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from beam_m2v.errors import InvalidTextError
 from beam_m2v.piece_tokenization import piece_token_ids
-from beam_m2v.pooling import VocabularyMatrix, mean_pool, seed_pool
+from beam_m2v.pooling import VocabularyMatrix, mean_pool, static_backend_pool
 from beam_m2v.sources import ModelFiles, content_fingerprint
 from beam_m2v.text_checks import first_invalid_text
 from beam_m2v.token_ids import TokenIds, flatten_ids, keep_ids, truncate_ids
@@ -41,9 +41,18 @@ class Semantics(str, enum.Enum):
 
     MODEL2VEC = "model2vec"
     """model2vec's ``StaticModel.encode``: pre-truncation, unknown ids dropped, mean, ``v / (norm + 1e-32)``."""
-    SEED = "seed"
+    STATIC_BACKEND = "static_backend"
     """The Rust ``StaticBackend``: tokenizer as configured by its file, ids past the matrix skipped,
     unknown ids kept, mean, ``v / max(norm, 1e-12)``."""
+    SEED = "static_backend"
+    """Old name of ``STATIC_BACKEND``, kept so that code written against it keeps working."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Semantics | None:
+        """Accept ``"seed"``, the value older manifests and programs use for ``"static_backend"``."""
+        if isinstance(value, str) and value.strip().lower().replace("-", "_") in {"seed", "static_backend"}:
+            return cls.STATIC_BACKEND
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,8 @@ class StaticEmbedder:
         self.files = files
         if isinstance(tokenizer, PreparedTokenizer):
             self._prepared = tokenizer
-        elif settings.semantics is Semantics.SEED:
-            self._prepared = PreparedTokenizer.for_seed(tokenizer)
+        elif settings.semantics is Semantics.STATIC_BACKEND:
+            self._prepared = PreparedTokenizer.for_static_backend(tokenizer)
         else:
             self._prepared = PreparedTokenizer.for_model2vec(tokenizer)
         self._tokenizer = self._prepared.tokenizer
@@ -137,7 +146,7 @@ class StaticEmbedder:
         try:
             raw = piece_token_ids(self._tokenizer, texts, self._prepared.piece_cache, self._prepared.piece_punctuation)
         except Exception:
-            if self.settings.semantics is not Semantics.SEED:
+            if self.settings.semantics is not Semantics.STATIC_BACKEND:
                 raise
             raw = self._ids_text_by_text(texts.to_pylist())
         return self._apply_rules(raw)
@@ -153,19 +162,19 @@ class StaticEmbedder:
             invalid = first_invalid_text(texts)
             if invalid is not None:
                 raise invalid from None
-            if self.settings.semantics is not Semantics.SEED:
+            if self.settings.semantics is not Semantics.STATIC_BACKEND:
                 raise
-            # The seed gives a text the tokenizer fails on a zero vector: find which ones, one by one.
-            id_lists = [self._seed_ids_or_none(text) for text in texts]
+            # The StaticBackend gives a text the tokenizer fails on a zero vector: find which ones, one by one.
+            id_lists = [self._static_backend_ids_or_none(text) for text in texts]
         multiple = self._prepared.pad_to_multiple_of
-        if self.settings.semantics is Semantics.SEED and multiple is not None:
+        if self.settings.semantics is Semantics.STATIC_BACKEND and multiple is not None:
             size, pad_id = multiple
             id_lists = [ids + [pad_id] * (-len(ids) % size) for ids in id_lists]
         return flatten_ids(id_lists)
 
     def _apply_rules(self, token_ids: TokenIds) -> TokenIds:
-        """Drop what the semantics drops: ids past the matrix (seed); beyond max_length, then unknown (model2vec)."""
-        if self.settings.semantics is Semantics.SEED:
+        """Drop what the semantics drops: ids past the matrix (static_backend); over max_length, then unknown."""
+        if self.settings.semantics is Semantics.STATIC_BACKEND:
             return keep_ids(token_ids, token_ids.ids < self.matrix.rows)
         if self.settings.max_length is not None:
             token_ids = truncate_ids(token_ids, self.settings.max_length)
@@ -173,8 +182,8 @@ class StaticEmbedder:
             token_ids = keep_ids(token_ids, token_ids.ids != self._unknown_id)
         return token_ids
 
-    def _seed_ids_or_none(self, text: str) -> list[int]:
-        """One text's ids, or none when the tokenizer fails on it (the seed's zero vector)."""
+    def _static_backend_ids_or_none(self, text: str) -> list[int]:
+        """One text's ids, or none when the tokenizer fails on it (the StaticBackend's zero vector)."""
         try:
             return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
         except Exception:
@@ -186,8 +195,8 @@ class StaticEmbedder:
 
     def _pool(self, token_ids: TokenIds, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Vectors of pooled ids (written into ``out`` if given) and the number of tokens pooled."""
-        if self.settings.semantics is Semantics.SEED:
-            vectors = seed_pool(self.matrix, token_ids, normalize=self.settings.normalize, out=out)
+        if self.settings.semantics is Semantics.STATIC_BACKEND:
+            vectors = static_backend_pool(self.matrix, token_ids, normalize=self.settings.normalize, out=out)
         else:
             vectors = mean_pool(self.matrix, token_ids, normalize=self.settings.normalize, out=out)
         return vectors, int(token_ids.ids.size)

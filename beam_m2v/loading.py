@@ -56,16 +56,17 @@ def load_model(
 
     Args:
         source: a local model folder (model2vec or Sentence Transformers static layout, or a folder
-            with the seed's ``vocab_matrix.bin`` + ``tokenizer.json``), a matrix file, a Hugging Face
+            with the Rust ``StaticBackend``'s ``vocab_matrix.bin`` + ``tokenizer.json``), a matrix file, a Hugging Face
             hub id such as ``minishlab/potion-base-8M``, or ``hf://owner/name/path/in/repo``.
         tokenizer: where the tokenizer comes from when it is not beside the matrix (a file, a folder
-            or a hub id); the seed's raw models usually take the tokenizer of their source model.
+            or a hub id); raw ``vocab_matrix.bin`` models usually take the tokenizer of their source model.
         dimensionality: keep only the first columns (Matryoshka / PCA truncation), as model2vec does.
         normalize: L2-normalise the vectors; defaults to the model config (False when absent).
         max_length: token budget per text; defaults to the model config (512 when absent), None for none.
         semantics: ``"model2vec"`` (default for model2vec and Sentence Transformers folders) or
-            ``"seed"`` (default for the raw format): which reference the vectors reproduce.
-        dim: number of columns of a raw ``vocab_matrix.bin`` (the seed's default, 256).
+            ``"static_backend"`` (default for the raw format; ``"seed"`` is its old name): which reference the
+            vectors reproduce.
+        dim: number of columns of a raw ``vocab_matrix.bin`` (the StaticBackend's default, 256).
         revision: hub revision (branch, tag or commit), as in ``huggingface_hub.snapshot_download``.
         token: hub access token for private models.
         cache_dir: hub cache folder; by default huggingface_hub's, honouring ``HF_HOME``,
@@ -121,16 +122,16 @@ def _load_files(
     chosen = (
         Semantics(semantics)
         if semantics is not None
-        else (Semantics.SEED if files.layout is Layout.RAW else Semantics.MODEL2VEC)
+        else (Semantics.STATIC_BACKEND if files.layout is Layout.RAW else Semantics.MODEL2VEC)
     )
     _check_rows(files, matrix, hf_tokenizer, chosen)
     if dimensionality is not None:
         if not 0 < dimensionality <= matrix.dim:
             raise ModelLoadError(files.matrix, f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
         matrix = matrix.truncated(int(dimensionality))
-    if chosen is Semantics.SEED:
+    if chosen is Semantics.STATIC_BACKEND:
         settings = EncodingSettings(
-            Semantics.SEED, normalize=True if normalize is None else bool(normalize), max_length=None
+            Semantics.STATIC_BACKEND, normalize=True if normalize is None else bool(normalize), max_length=None
         )
     else:
         settings = EncodingSettings(
@@ -229,12 +230,12 @@ def _read_weights(path: str, weights: np.ndarray | None, rows: int) -> np.ndarra
 
 
 def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenizer, semantics: Semantics) -> None:
-    """Every id the tokenizer can produce needs a row (the seed semantics skips ids past the matrix).
+    """Every id the tokenizer can produce needs a row (the static_backend semantics skips ids past the matrix).
 
     A raw matrix has no shape of its own: one whose values are exactly the tokenizer's ids
     times another width was read with the wrong ``dim`` and is refused; other row counts
-    can be legitimate and only get a warning (more rows) or, under the seed semantics,
-    skipped ids (fewer rows).
+    can be legitimate and only get a warning (more rows) or, under the static_backend
+    semantics, skipped ids (fewer rows).
     """
     vocab = tokenizer.get_vocab()
     needed = max(vocab.values()) + 1 if vocab else 0
@@ -258,7 +259,7 @@ def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenize
     if matrix.rows >= needed:
         return
     problem = f"matrix has {matrix.rows} rows but the tokenizer {files.tokenizer} has ids up to {needed - 1}"
-    if semantics is Semantics.SEED:
-        logger.warning("%s: %s; the seed semantics skips those ids", files.matrix, problem)
+    if semantics is Semantics.STATIC_BACKEND:
+        logger.warning("%s: %s; the static_backend semantics skips those ids", files.matrix, problem)
         return
     raise ModelLoadError(files.matrix, problem)

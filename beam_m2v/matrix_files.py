@@ -150,7 +150,7 @@ def _foreign_format(path: str, size: int) -> str | None:
 
 
 def map_raw_matrix(path: str, dim: int) -> np.ndarray:
-    """Memory-map a headerless little-endian float32 matrix of ``dim`` columns (the seed's ``vocab_matrix.bin``)."""
+    """Memory-map a headerless little-endian float32 matrix of ``dim`` columns (a raw ``vocab_matrix.bin``)."""
     if not is_integer(dim) or dim <= 0:
         raise ModelLoadError(path, f"dimension must be a positive integer, got {dim!r}")
     try:

@@ -160,12 +160,13 @@ def mean_pool(
     return _into(vectors, out)
 
 
-def seed_pool(
+def static_backend_pool(
     matrix: VocabularyMatrix, token_ids: TokenIds, *, normalize: bool = True, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """The seed's vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``; no tokens give zeros.
+    """The Rust ``StaticBackend``'s vectors: float32 mean of the rows, divided by ``max(norm, 1e-12)``.
 
-    ``out`` (n x dim float32) receives them (in place for float32 and float16 matrices).
+    A text without tokens gets a zero vector. ``out`` (n x dim float32) receives them (in place for float32 and
+    float16 matrices).
     """
     in_place = out is not None and accumulator_dtype(matrix) == np.float32
     sums, counts = sum_rows(matrix, token_ids, out=out if in_place else None)

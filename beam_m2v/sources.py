@@ -31,7 +31,7 @@ class Layout(str, enum.Enum):
     SENTENCE_TRANSFORMERS = "sentence-transformers"
     """A Sentence Transformers static model: tensor ``embedding.weight``, ``config_sentence_transformers.json``."""
     RAW = "raw"
-    """The seed's ``vocab_matrix.bin`` (headerless float32) and a separate ``tokenizer.json``."""
+    """The Rust ``StaticBackend``'s ``vocab_matrix.bin`` (headerless float32) and a separate ``tokenizer.json``."""
 
 
 @dataclass(frozen=True)

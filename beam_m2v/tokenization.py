@@ -52,10 +52,10 @@ def model2vec_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     return copy
 
 
-def seed_tokenizer(tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int, int] | None]:
+def static_backend_tokenizer(tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int, int] | None]:
     """A private copy of ``tokenizer`` as its file configures it, made safe to call on batches.
 
-    The seed encodes one text at a time, so batch-longest padding only pads a text up to a
+    The Rust ``StaticBackend`` encodes one text at a time, so batch-longest padding only pads a text up to a
     multiple of ``pad_to_multiple_of`` there. Batching would pad to the longest text instead,
     so that padding is switched off and returned as ``(multiple, pad_id)`` to apply per text.
     Fixed-length padding is kept as is.
@@ -88,7 +88,7 @@ class PreparedTokenizer:
     unknown_id: int | None
     median_token_length: int
     pad_to_multiple_of: tuple[int, int] | None = None
-    """Seed semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
+    """``static_backend`` semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
     by_piece: bool = False
     """Whether ids may be found piece by piece (``piece_tokenization``): same ids, much faster."""
     piece_punctuation: str = ""
@@ -110,9 +110,9 @@ class PreparedTokenizer:
         )
 
     @classmethod
-    def for_seed(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
-        """The tokenizer as its file configures it (batch-safe); the seed drops no unknown ids."""
-        copy, pad_to_multiple_of = seed_tokenizer(tokenizer)
+    def for_static_backend(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
+        """The tokenizer as its file configures it (batch-safe); the StaticBackend drops no unknown ids."""
+        copy, pad_to_multiple_of = static_backend_tokenizer(tokenizer)
         # Padding to a multiple is applied per text after tokenizing: it needs the text-by-text path.
         by_piece, punctuation = piece_settings(copy) if pad_to_multiple_of is None else (False, "")
         return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece, piece_punctuation=punctuation)

@@ -1,8 +1,8 @@
-"""How far apart the seed semantics and the model2vec semantics put the same texts.
+"""How far apart the static_backend (Rust ``StaticBackend``) and the model2vec semantics put the same texts.
 
-Builds the seed's raw format from the shared 256-dim model (its ``embeddings`` tensor written as
+Builds the StaticBackend's raw format from the shared 256-dim model (its ``embeddings`` tensor written as
 ``vocab_matrix.bin``, float32 little-endian, next to its ``tokenizer.json``) in a temporary folder,
-loads it in both semantics, embeds the whole shared corpus with each, and prints per-text cosine
+loads it in both semantics, embeds the whole corpus with each, and prints per-text cosine
 statistics between the two, how many texts differ, and the two causes of differences that matter
 on this corpus: texts longer than 512 tokens and texts containing [UNK].
 
@@ -42,7 +42,7 @@ MAX_TOKENS = 512
 
 
 def build_raw_model(model: Path, folder: Path) -> Path:
-    """Write ``model``'s embeddings as the seed's ``vocab_matrix.bin`` beside its ``tokenizer.json``."""
+    """Write ``model``'s embeddings as the StaticBackend's ``vocab_matrix.bin`` beside its ``tokenizer.json``."""
     load_file(str(model / "model.safetensors"))["embeddings"].astype("<f4").tofile(folder / "vocab_matrix.bin")
     shutil.copyfile(model / "tokenizer.json", folder / "tokenizer.json")
     return folder
@@ -71,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()[: args.limit]
     with tempfile.TemporaryDirectory(prefix="beam-m2v-semantics-") as tmp:
         raw = build_raw_model(args.model, Path(tmp))
-        seed = beam_m2v.load_model(raw)
+        backend = beam_m2v.load_model(raw)
         model2vec = beam_m2v.load_model(raw, semantics="model2vec", normalize=True)
         started = time.perf_counter()
-        seed_vectors = seed.encode(texts)
-        seed_seconds = time.perf_counter() - started
+        backend_vectors = backend.encode(texts)
+        backend_seconds = time.perf_counter() - started
         started = time.perf_counter()
         model2vec_vectors = model2vec.encode(texts)
         model2vec_seconds = time.perf_counter() - started
-        seed_ids, model2vec_ids = seed.token_ids(texts), model2vec.token_ids(texts)
+        backend_ids, model2vec_ids = backend.token_ids(texts), model2vec.token_ids(texts)
 
         tokenizer = Tokenizer.from_file(str(raw / "tokenizer.json"))
         file_truncation = tokenizer.truncation
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     same_ids = np.fromiter(
         (
             np.array_equal(
-                seed_ids.ids[seed_ids.offsets[i] : seed_ids.offsets[i + 1]],
+                backend_ids.ids[backend_ids.offsets[i] : backend_ids.offsets[i + 1]],
                 model2vec_ids.ids[model2vec_ids.offsets[i] : model2vec_ids.offsets[i + 1]],
             )
             for i in range(len(texts))
@@ -103,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         dtype=bool,
         count=len(texts),
     )
-    cos, both_zero, one_zero = cosines(seed_vectors, model2vec_vectors)
-    differ_bits = (seed_vectors != model2vec_vectors).any(axis=1)
-    max_diff = np.abs(seed_vectors - model2vec_vectors).max(axis=1)
+    cos, both_zero, one_zero = cosines(backend_vectors, model2vec_vectors)
+    differ_bits = (backend_vectors != model2vec_vectors).any(axis=1)
+    max_diff = np.abs(backend_vectors - model2vec_vectors).max(axis=1)
 
     n = len(texts)
-    print(f"corpus: {args.corpus.name}, {n:,} texts; model: raw format of {args.model.name} (dim {seed.dim})")
+    print(f"corpus: {args.corpus.name}, {n:,} texts; model: raw format of {args.model.name} (dim {backend.dim})")
     print(f"tokenizer file truncation: {file_truncation}")
-    print(f"seed encode {seed_seconds:.1f} s, model2vec-semantics encode {model2vec_seconds:.1f} s")
+    print(f"static_backend encode {backend_seconds:.1f} s, model2vec-semantics encode {model2vec_seconds:.1f} s")
     print()
-    print("cosine(seed vector, model2vec-semantics vector) per text:")
+    print("cosine(static_backend vector, model2vec-semantics vector) per text:")
     print(f"  mean    {cos.mean():.9f}")
     print(f"  median  {np.median(cos):.9f}")
     print(f"  min     {cos.min():.9f}")

@@ -10,6 +10,7 @@ from typing import NoReturn
 from pipelines.process_exit import exit_process
 
 USAGE = """usage: beam-m2v {embed,reembed,show,search,index} [options]
+       beam-m2v --version
 
   embed     embed a Parquet or JSONL corpus into Parquet vector shards (or a Lance dataset: --output PATH.lance)
   reembed   re-embed a changed corpus, reusing the previous run's vectors
@@ -17,7 +18,7 @@ USAGE = """usage: beam-m2v {embed,reembed,show,search,index} [options]
   search    the rows nearest to a query text, in a Lance dataset or a Parquet output
   index     build a vector index on a Lance dataset
 
-'beam-m2v COMMAND --help' lists a command's options."""
+'beam-m2v COMMAND --help' lists a command's options and their defaults."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "--version" or (command in {"embed", "reembed", "show", "search", "index"} and "--version" in rest):
+        from pipelines.arguments import version_line
+
+        print(version_line())  # without importing Beam
+        return 0
     os.environ.setdefault("LANCE_LOG", "error")  # Lance's own warnings would repeat what the commands report
     if command in ("embed", "reembed"):
         from pipelines import lance_output

@@ -1,16 +1,17 @@
-"""``python -m pipelines.embed``: embed a Parquet or JSONL corpus into Parquet vector shards.
+"""``beam-m2v embed`` (``python -m pipelines.embed``): embed a Parquet or JSONL corpus into Parquet vector shards.
 
 Example::
 
-    python -m pipelines.embed --input 'corpus/*.parquet' --output vectors/ --model minishlab/potion-base-8M
+    beam-m2v embed --input 'corpus/*.parquet' --output vectors/ --model minishlab/potion-base-8M
 
-Every Beam pipeline option passes through (``--runner``, ``--direct_num_workers``, Dataflow
+Every other argument is a Beam pipeline option (``--runner``, ``--direct_num_workers``, Dataflow
 and Flink options); without ``--runner`` the pipeline runs locally on Beam's FnApiRunner.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import sys
@@ -34,6 +35,7 @@ from beam_m2v.transforms.arrow_coder import register_arrow_table_coder
 from beam_m2v.transforms.dead_letters import FAILED_TAG
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from pipelines.arguments import parse_program_args, program_parser
 from pipelines.content_hash import HASH_COLUMN, with_text_hash
 from pipelines.inputs import (
     JSONL_ROWS_PER_TABLE,
@@ -47,6 +49,7 @@ from pipelines.inputs import (
     inspect_input,
     match_files,
 )
+from pipelines.logs import configure_logging
 from pipelines.outputs import (
     DEFAULT_MAX_FAILED_FRACTION,
     EMBEDDING_COLUMN,
@@ -68,46 +71,119 @@ from pipelines.outputs import (
 )
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.process_exit import exit_process
-from pipelines.progress import ReportProgress
+from pipelines.progress import DEFAULT_INTERVAL, ProgressReport, ReportProgress, count_dead_letter, progress_report
 
 logger = logging.getLogger("beam_m2v.embed")
 
 DEFAULT_MODEL = "minishlab/potion-base-8M"
+DESCRIPTION = """Embed a Parquet or JSON Lines corpus into Parquet vector shards.
+
+example: beam-m2v embed --input 'corpus/*.parquet' --output vectors/ --model minishlab/potion-base-8M"""
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """Input and model options shared by ``embed`` and ``reembed``."""
-    parser.add_argument("--input", required=True, help="file pattern of Parquet or JSONL (.jsonl, .jsonl.gz) files")
-    parser.add_argument("--input-format", choices=["parquet", "jsonl"], help="default: from the extension")
-    parser.add_argument("--text-column", default="text")
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="PATTERN",
+        help="the corpus: a file pattern of Parquet (.parquet) or JSON Lines (.jsonl, .jsonl.gz) files, local or on "
+        "gs:// / s3://; quote it so that the shell does not expand it",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=["parquet", "jsonl"],
+        help="format of the input files (default: from the file extension)",
+    )
+    parser.add_argument(
+        "--text-column", default="text", metavar="NAME", help="column (Parquet) or field (JSONL) with the text to embed"
+    )
     parser.add_argument(
         "--id-column",
-        help="id field (default: id; when the input has no such column, "
-        "each row's id is its position '<file>:<line or row>')",
+        metavar="NAME",
+        help="column or field with each row's id, copied to the output (default: id; when the input has no such "
+        "column, each row's id is its position '<file>:<line or row>')",
     )
-    parser.add_argument("--keep-columns", default="", help="comma-separated input columns copied to the output")
-    parser.add_argument("--output", required=True, help="output directory (replaced atomically)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id or hf:// path")
-    parser.add_argument("--tokenizer", help="tokenizer source for a raw vocab_matrix.bin model")
-    parser.add_argument("--semantics", choices=["model2vec", "seed"], help="default: from the model format")
-    parser.add_argument("--dimensionality", type=int, help="keep the first N dimensions")
-    parser.add_argument("--dim", type=int, help="columns of a raw vocab_matrix.bin model (default 256)")
+    parser.add_argument(
+        "--keep-columns",
+        default="",
+        metavar="A,B",
+        help="comma-separated input columns copied to the output beside each vector (default: none)",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="FOLDER",
+        help="output folder (local, gs:// or s3://), or a Lance dataset PATH.lance: vector shards, dead letters and a "
+        "manifest; it must be absent, empty or a previous beam-m2v output, and is replaced as a whole when the run "
+        "succeeds",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="SOURCE",
+        help="the model: a local folder, a Hugging Face hub id, hf://owner/name/file, or a gs:// / s3:// folder",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="SOURCE",
+        help="tokenizer file, folder or hub id, for a raw vocab_matrix.bin model without its own tokenizer.json",
+    )
+    parser.add_argument(
+        "--semantics",
+        type=semantics_name,
+        choices=[semantics.value for semantics in beam_m2v.Semantics],
+        help="which reference the vectors reproduce: model2vec's StaticModel.encode, or the Rust StaticBackend "
+        "(static_backend; 'seed' is its old name) (default: static_backend for a raw vocab_matrix.bin model, "
+        "model2vec otherwise)",
+    )
+    parser.add_argument(
+        "--dimensionality",
+        type=int,
+        metavar="N",
+        help="keep only the first N dimensions of each vector (default: all of the model's)",
+    )
+    parser.add_argument(
+        "--dim", type=int, metavar="N", help="number of columns of a raw vocab_matrix.bin model (default: 256)"
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=JSONL_ROWS_PER_TABLE,
+        metavar="N",
         help="most rows per table: each table is one encoder call and one Parquet row group of the output "
         "(default: %(default)s)",
     )
-    parser.add_argument("--hf-revision", help="hub revision (branch, tag or commit)")
-    parser.add_argument("--model-sha256", help="expected SHA-256 of the matrix file of a gs:// / s3:// model")
+    parser.add_argument(
+        "--hf-revision", metavar="REVISION", help="Hugging Face hub revision: branch, tag or commit (default: main)"
+    )
+    parser.add_argument(
+        "--model-sha256",
+        metavar="HEX",
+        help="expected SHA-256 of the matrix file of a gs:// / s3:// model, checked when a machine copies it",
+    )
     parser.add_argument(
         "--byte-stream-split",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="write vector values with Parquet's BYTE_STREAM_SPLIT encoding (~10%% smaller; readers need "
-        "Parquet 2.8+ support: pyarrow, DuckDB, Polars, Spark 3.2+); --no-byte-stream-split for plain pages",
+        help="write vector values with Parquet's BYTE_STREAM_SPLIT encoding (about 10%% smaller; readers need "
+        "Parquet 2.8+ support: pyarrow, DuckDB, Polars, Spark 3.2+); --no-byte-stream-split writes plain pages",
     )
+    parser.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help="seconds between progress lines on stderr (a live bar instead when stderr is a terminal); 0 for none",
+    )
+
+
+def semantics_name(value: str) -> str:
+    """A ``--semantics`` value by its current name (``seed`` is an old name of ``static_backend``)."""
+    try:
+        return beam_m2v.Semantics(value).value
+    except ValueError:
+        return value  # argparse then lists the valid choices
 
 
 @dataclass(frozen=True)
@@ -267,6 +343,7 @@ def write_snapshot(
     _ = (
         tuple(failures)
         | "AllFailures" >> beam.Flatten()
+        | "CountFailures" >> beam.Map(count_dead_letter)
         | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
         # Beam 2.77's S3 writer rejects empty objects: on object stores, no failures means no shard.
         | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl", skip_if_empty=folders.remote)
@@ -286,16 +363,21 @@ def counter_total(result: Any, name: str) -> int:
     return int(sum(item.committed or 0 for item in query["counters"]))
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``beam-m2v embed``."""
+    embed_parser = program_parser("beam-m2v embed", DESCRIPTION)
+    add_input_arguments(embed_parser)
+    add_output_arguments(embed_parser)
+    return embed_parser
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embed pipeline; returns the published manifest."""
     from pipelines import lance_output  # an output ending in .lance is a Lance dataset
 
     if lance_output.lance_output(argv):
         return lance_output.run_embed(argv)
-    parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
-    add_input_arguments(parser)
-    add_output_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_program_args(parser(), argv)
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
@@ -303,15 +385,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     folders = RunFolders.new(settings.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     logger.info("embedding %s (%d files) with %s into %s", args.input, len(prepared.files), args.model, folders.final)
-    manifest = run_and_publish(
+    return run_and_publish(
         options,
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders),
         lambda result: finish_manifest(prepared, folders, result, started),
         max_failed_fraction=settings.max_failed_fraction,
+        progress=progress_report(options, prepared.files, prepared.input.format, args.progress_seconds),
     )
-    logger.info(summary_line(manifest))
-    return manifest
 
 
 def run_and_publish(
@@ -321,19 +402,22 @@ def run_and_publish(
     finish: Callable[[Any], dict[str, Any]],
     *,
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+    progress: ProgressReport | None = None,
 ) -> dict[str, Any]:
     """Build and run a pipeline into the staging folder, write its manifest, then publish it.
 
-    Any failure, the row-accounting check included, removes the staging folder instead. A run
-    in which more than ``max_failed_fraction`` of the rows read failed (or that read no rows) is
-    not published: its dead letters are kept beside the output and RunRejected is raised.
+    ``progress`` reports on stderr while the pipeline runs. Any failure, the row-accounting check
+    included, removes the staging folder instead. A run in which more than ``max_failed_fraction``
+    of the rows read failed (or that read no rows) is not published: its dead letters are kept
+    beside the output and RunRejected is raised.
     """
     register_arrow_table_coder()
     try:
         pipeline = beam.Pipeline(options=options)
         build(pipeline)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress if progress is not None else contextlib.nullcontext():
+            result = pipeline.run()
+            result.wait_until_finish()
         manifest = finish(result)
         reason = rejection(manifest["rows"], max_failed_fraction)
         if reason is None:
@@ -428,12 +512,6 @@ def console_main(
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``beam-m2v embed``."""
     return console_main("embed", run, summary_line, argv)
-
-
-def configure_logging() -> None:
-    """Progress at INFO for beam-m2v, warnings only from Beam."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("beam_m2v").setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from pipelines.jsonl_types import (
     scan_jsonl,
     value_type,
 )
+from pipelines.progress import note_input_bytes
 
 __all__ = [
     "FAILED_TAG",
@@ -577,14 +578,19 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         limit = self._spec.rows_per_table
         lines: list[bytes] = []
         line_numbers: list[int] = []
+        read = 0  # bytes, for the progress report
         for line_number, raw_line in numbered_lines(path):
+            read += len(raw_line)
             if is_blank(raw_line):
                 continue
             lines.append(raw_line)
             line_numbers.append(line_number)
             if len(lines) >= limit:
+                note_input_bytes(read)
+                read = 0
                 yield from self._block(lines, line_numbers, path)
                 lines, line_numbers = [], []
+        note_input_bytes(read)
         if lines:
             yield from self._block(lines, line_numbers, path)
 

@@ -35,7 +35,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 from apache_beam.metrics.metric import Metrics
 
+from beam_m2v.encoder import Semantics
 from beam_m2v.remote_files import is_remote
+from pipelines.arguments import parse_program_args, program_parser
 from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
 from pipelines.embed import (
     Prepared,
@@ -66,8 +68,14 @@ from pipelines.outputs import (
 )
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.process_exit import exit_process
+from pipelines.progress import progress_report
 
 logger = logging.getLogger("beam_m2v.reembed")
+
+DESCRIPTION = """Re-embed a changed corpus: embed only new and changed rows, reuse the previous run's vectors for
+the rest, and write a full snapshot plus the change set (upserts, deletes) for a vector store.
+
+example: beam-m2v reembed --input 'corpus/*.parquet' --previous vectors/2026-11-24 --output vectors/2026-11-25"""
 
 #: Model facts that must match for a previous vector to be reused.
 MODEL_KEYS = ("model_fingerprint", "dim", "normalize", "max_length", "semantics")
@@ -307,9 +315,37 @@ def _value_type(data_type: pa.DataType) -> pa.DataType:
     return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
 
 
+def changed_facts(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model facts that differ from the previous run's, as ``{fact: {"previous": old, "current": new}}``.
+
+    Semantics are compared by meaning: ``"seed"``, written by older versions, is ``"static_backend"``.
+    """
+    changed = {}
+    for key in MODEL_KEYS:
+        old, new = previous_manifest.get(key), facts.get(key)
+        if key == "semantics":
+            old, new = _semantics_name(old), _semantics_name(new)
+        if old != new:
+            changed[key] = {"previous": old, "current": new}
+    return changed
+
+
+def _semantics_name(value: Any) -> Any:
+    """The current name of a semantics value (unknown values unchanged)."""
+    try:
+        return Semantics(value).value
+    except ValueError:
+        return value
+
+
 def reusable(previous_manifest: dict[str, Any], facts: dict[str, Any]) -> bool:
     """Whether the previous run's vectors were made by the same model with the same settings."""
-    return all(previous_manifest.get(key) == facts.get(key) for key in MODEL_KEYS)
+    return not changed_facts(previous_manifest, facts)
+
+
+def describe_changes(changed: dict[str, dict[str, Any]]) -> str:
+    """``dim 64 -> 256, normalize False -> True``: what changed, for the log."""
+    return ", ".join(f"{key} {change['previous']!r} -> {change['current']!r}" for key, change in changed.items())
 
 
 def build_pipeline(
@@ -384,17 +420,27 @@ def build_pipeline(
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``beam-m2v reembed``: ``embed``'s options and ``--previous``."""
+    reembed_parser = program_parser("beam-m2v reembed", DESCRIPTION)
+    add_input_arguments(reembed_parser)
+    reembed_parser.add_argument(
+        "--previous",
+        required=True,
+        metavar="FOLDER",
+        help="output folder of the previous embed or reembed run, whose vectors are reused",
+    )
+    add_output_arguments(reembed_parser)
+    return reembed_parser
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the re-embedding pipeline; returns the published manifest."""
     from pipelines import lance_output  # an output ending in .lance is a Lance dataset
 
     if lance_output.lance_output(argv):
         return lance_output.run_reembed(argv)
-    parser = argparse.ArgumentParser(prog="beam-m2v reembed", description=__doc__.split("\n")[0])
-    add_input_arguments(parser)
-    parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
-    add_output_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_program_args(parser(), argv)
     options = pipeline_options(beam_args)
     FileSystems.set_options(options)
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
@@ -402,26 +448,37 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     id_column = prepared.input.id_column
     previous = previous_files(args.previous, id_column, prepared.schema[1].field(id_column).type)
     previous_manifest = read_manifest(args.previous)
-    reuse = reusable(previous_manifest, prepared.model_facts)
-    if not reuse:
-        logger.info("the model or its settings changed since the previous run: re-embedding every row")
+    changed = changed_facts(previous_manifest, prepared.model_facts)
+    reuse = not changed
+    if changed:
+        logger.info(
+            "re-embedding every row: the model or a setting changed since the previous run (%s)",
+            describe_changes(changed),
+        )
     folders = RunFolders.new(settings.output)
     started = datetime.datetime.now(datetime.timezone.utc)
-    manifest = run_and_publish(
+    return run_and_publish(
         options,
         folders,
         lambda pipeline: build_pipeline(pipeline, prepared, folders, previous, reuse),
-        lambda result: finish_manifest(prepared, folders, result, started, args.previous, reuse),
+        lambda result: finish_manifest(prepared, folders, result, started, args.previous, changed),
         max_failed_fraction=settings.max_failed_fraction,
+        progress=progress_report(options, prepared.files, prepared.input.format, args.progress_seconds),
     )
-    logger.info(summary_line(manifest))
-    return manifest
 
 
 def finish_manifest(
-    prepared: Prepared, folders: RunFolders, result: Any, started: datetime.datetime, previous: str, reuse: bool
+    prepared: Prepared,
+    folders: RunFolders,
+    result: Any,
+    started: datetime.datetime,
+    previous: str,
+    changed: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """The embed manifest plus what changed: new, changed, unchanged, deleted, encoded, upserts."""
+    """The embed manifest plus what changed: new, changed, unchanged, deleted, encoded, upserts.
+
+    When every row was re-embedded, ``reembed_all_because`` names the model facts that changed.
+    """
     counts = {name: counter_total(result, f"reembed_{name}") for name in ("new", "changed", "unchanged", "deleted")}
     counts["encoded"] = counter_total(result, "texts_embedded")  # texts that went through the model this run
     counts["previous_read"] = counter_total(result, "previous_rows_read")
@@ -429,8 +486,10 @@ def finish_manifest(
     counts["upserts"] = rows_in(path for path in changes if os.path.basename(path).startswith("upserts-"))
     facts = {
         "previous": previous if is_remote(previous) else os.path.abspath(previous),
-        "reused_previous_vectors": reuse,
+        "reused_previous_vectors": not changed,
     }
+    if changed:
+        facts["reembed_all_because"] = changed
     return embed_manifest(prepared, folders, result, started, extra_rows=counts, extra_fields=facts)
 
 

@@ -8,8 +8,21 @@ from collections.abc import Sequence
 
 import pyarrow.dataset as ds
 
+from pipelines.arguments import program_parser
 from pipelines.outputs import EMBEDDING_COLUMN, read_manifest, shard_paths
 from pipelines.process_exit import exit_process
+
+DESCRIPTION = """Print an output's row counts and model, and its first rows (id and the first vector components).
+
+example: beam-m2v show vectors/"""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``beam-m2v show``."""
+    show_parser = program_parser("beam-m2v show", DESCRIPTION, beam_options=False)
+    show_parser.add_argument("output", metavar="OUTPUT", help="output folder of an embed or reembed run")
+    show_parser.add_argument("--rows", type=int, default=5, metavar="N", help="how many rows to print")
+    return show_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,10 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Reads outputs of this version (``_manifest.json``) and of older ones (``manifest.json``).
     """
-    parser = argparse.ArgumentParser(prog="beam-m2v show", description=__doc__.split("\n")[0])
-    parser.add_argument("output", help="output folder of an embed or reembed run")
-    parser.add_argument("--rows", type=int, default=5, help="rows to print (default 5)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         manifest = read_manifest(args.output)
     except (FileNotFoundError, ValueError) as error:

@@ -26,7 +26,7 @@ from tiny_models import (
     make_tokenizer,
     populate_hub_cache,
     read_raw_matrix,
-    seed_reference_vectors,
+    static_backend_reference_vectors,
     truncate_file,
     vocab_size,
     write_safetensors_raw,
@@ -137,20 +137,20 @@ def test_dimensionality_out_of_range(pristine: Path) -> None:
         assert_names(error, pristine / "model.safetensors", "dimensionality", str(bad))
 
 
-# -- the seed's raw format -----------------------------------------------------------------------
+# -- the StaticBackend's raw format -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
-def test_raw_format_seed_semantics(tmp_path: Path, kind: str) -> None:
+def test_raw_format_static_backend_semantics(tmp_path: Path, kind: str) -> None:
     folder = build_raw_model(tmp_path / "raw", kind=kind, dim=RAW_DIM, seed=5)  # type: ignore[arg-type]
     model = beam_m2v.load_model(folder, dim=RAW_DIM)
-    assert model.dim == RAW_DIM and model.settings.semantics is beam_m2v.Semantics.SEED
-    expected = seed_reference_vectors(
+    assert model.dim == RAW_DIM and model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
+    expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
     got = model.encode(TEXTS)
     assert got.dtype == np.float32 and np.abs(got - expected).max() <= 1e-6
-    assert got[TEXTS.index("\U0001f9ec unknown \u16a0")].any()  # the seed keeps [UNK]
+    assert got[TEXTS.index("\U0001f9ec unknown \u16a0")].any()  # the StaticBackend keeps [UNK]
     assert not got[TEXTS.index("")].any()
     by_file = beam_m2v.load_model(folder / "vocab_matrix.bin", dim=RAW_DIM)
     assert np.array_equal(by_file.encode(TEXTS), got)
@@ -162,7 +162,7 @@ def test_raw_format_with_fewer_rows_skips_ids(tmp_path: Path) -> None:
     rows = vocab_size(make_tokenizer("wordpiece")) - 5
     folder = build_raw_model(tmp_path / "raw", dim=RAW_DIM, rows=rows, seed=6)
     model = beam_m2v.load_model(folder, dim=RAW_DIM)
-    expected = seed_reference_vectors(
+    expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
     assert np.abs(model.encode(TEXTS) - expected).max() <= 1e-6
@@ -178,7 +178,7 @@ def test_raw_format_with_separate_tokenizer(tmp_path: Path) -> None:
     by_folder = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir))
     by_file = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
     assert np.array_equal(by_folder.encode(TEXTS), by_file.encode(TEXTS))
-    expected = seed_reference_vectors(
+    expected = static_backend_reference_vectors(
         tokenizer_dir / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
     assert np.abs(by_file.encode(TEXTS) - expected).max() <= 1e-6
@@ -455,9 +455,9 @@ def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None
         "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", dim=RAW_DIM, cache_dir=str(hub.cache)
     )
     local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), dim=RAW_DIM)
-    assert model.settings.semantics is beam_m2v.Semantics.SEED
+    assert model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
     assert np.array_equal(model.encode(TEXTS), local.encode(TEXTS))
-    expected = seed_reference_vectors(
+    expected = static_backend_reference_vectors(
         hub.tok / "tokenizer.json", read_raw_matrix(hub.raw / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
     assert np.abs(model.encode(TEXTS) - expected).max() <= 1e-6

@@ -114,7 +114,7 @@ def test_configurations_that_break_independence_are_not_eligible(model_256_path)
         return tokenizer
 
     assert splits_into_independent_pieces(variant(lambda t: None))
-    # As its file configures it, the shared tokenizer truncates at 512 tokens (the seed uses it so).
+    # As its file configures it, the shared tokenizer truncates at 512 tokens (the StaticBackend uses it so).
     assert not splits_into_independent_pieces(Tokenizer.from_file(str(model_256_path) + "/tokenizer.json"))
     assert not splits_into_independent_pieces(variant(lambda t: t.enable_padding(pad_to_multiple_of=8)))
     assert not splits_into_independent_pieces(variant(lambda t: t.add_tokens(["new york"])))

@@ -275,12 +275,13 @@ def test_no_byte_stream_split_writes_plain_vector_pages(parquet_input, model, mo
     check_vectors(out, dict(zip(part["id"].to_pylist(), part["text"].to_pylist(), strict=True)), model)
 
 
-def test_stderr_shows_the_final_summary_line(parquet_run):
+def test_the_final_summary_is_printed_once_on_stdout(parquet_run):
     out, process = parquet_run
-    found = SUMMARY.findall(process.stderr)
-    assert found, process.stderr[-2000:]
+    found = SUMMARY.findall(process.stdout)
+    assert len(found) == 1, process.stdout[-2000:]
+    assert not SUMMARY.search(process.stderr), process.stderr[-2000:]  # progress and log lines only
     rows = manifest_of(out)["rows"]
-    assert tuple(int(n.replace(",", "")) for n in found[-1]) == (rows["read"], rows["embedded"], rows["failed"])
+    assert tuple(int(n.replace(",", "")) for n in found[0]) == (rows["read"], rows["embedded"], rows["failed"])
 
 
 @pytest.mark.parametrize(
@@ -306,7 +307,7 @@ def test_jsonl_input_plain_and_gzip(compressed, console, model, model_64_path, t
     manifest = check_manifest(out, model, model_64_path, read=2000, embedded=2000, failed=0)
     assert manifest["input_format"] == "jsonl"
     check_part_files(out, model, model_64_path, pa.int64())
-    assert SUMMARY.search(process.stderr), process.stderr[-2000:]
+    assert SUMMARY.search(process.stdout), process.stdout[-2000:]
 
 
 # -- columns, ids, dimensionality ----------------------------------------------------------------
@@ -473,7 +474,7 @@ def test_bad_jsonl_lines_become_one_dead_letter_each(bad_jsonl_run, model, model
     rows_in = sum(1 for _, expectation in lines if expectation[0] != "blank")
     embedded = sum(1 for _, expectation in lines if expectation[0] == "ok")
     check_manifest(out, model, model_64_path, read=rows_in, embedded=embedded, failed=len(expected_failures))
-    assert SUMMARY.search(process.stderr), process.stderr[-2000:]
+    assert SUMMARY.search(process.stdout), process.stdout[-2000:]
 
 
 def test_good_lines_among_bad_ones_embed_like_the_reference(bad_jsonl_run, model):
@@ -719,7 +720,7 @@ def test_portable_runner_with_external_workers_equals_fn_api_runner(
     assert process.returncode == 0, f"exit {process.returncode}\n{process.stderr[-4000:]}\npool:\n{pool_output}"
     check_same_output(out, reference)
     check_part_files(out, model, model_64_path, pa.int64())
-    assert SUMMARY.search(process.stderr)
+    assert SUMMARY.search(process.stdout)
 
 
 def test_multi_processing_equals_in_memory(parquet_run, parquet_input, model, model_64_path, tmp_path):

@@ -1,6 +1,6 @@
 """End-to-end tests of ``pipelines.reembed``: real corpus slices, real files, real runners.
 
-A day-1 slice of the shared corpus is embedded; day 2 adds, edits and deletes rows and is
+A day-1 slice of the test corpus is embedded; day 2 adds, edits and deletes rows and is
 re-embedded against day 1; day 3 is re-embedded against day 2. Every change set, manifest and
 snapshot is checked against what the test constructed and against ``load_model(...).encode``.
 """
@@ -8,6 +8,7 @@ snapshot is checked against what the test constructed and against ``load_model(.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from safetensors.numpy import load_file
 
 import beam_m2v
 from pipelines import embed, reembed
@@ -440,7 +442,12 @@ def test_jsonl_day1_day2(model_64: Any, model_64_path: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("change", ["model-256", "dimensionality-32"])
 def test_model_change_re_embeds_everything(
-    change: str, scenario: Scenario, model_256_path: Path, model_64_path: Path, tmp_path: Path
+    change: str,
+    scenario: Scenario,
+    model_256_path: Path,
+    model_64_path: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = scenario
     if change == "model-256":
@@ -451,10 +458,17 @@ def test_model_change_re_embeds_everything(
         model, dim = beam_m2v.load_model(model_64_path, dimensionality=32), 32
     out = tmp_path / "out2"
 
-    manifest = reembed.run([*s.args(s.input2, out, "--previous", str(s.out1)), *extra])
+    with caplog.at_level(logging.INFO, logger="beam_m2v.reembed"):
+        manifest = reembed.run([*s.args(s.input2, out, "--previous", str(s.out1)), *extra])
 
     assert manifest["reused_previous_vectors"] is False
     assert manifest["dim"] == dim
+    # Which facts changed, old -> new, in the manifest and in the log.
+    because = manifest["reembed_all_because"]
+    assert because["dim"] == {"previous": 64, "current": dim}
+    assert ("model_fingerprint" in because) is (change == "model-256")
+    assert set(because) <= {"model_fingerprint", "dim", "normalize", "max_length", "semantics"}
+    assert f"dim 64 -> {dim}" in caplog.text and "re-embedding every row" in caplog.text
     assert manifest["rows"] == {
         "read": len(s.day2),
         "embedded": len(s.day2),
@@ -475,6 +489,42 @@ def test_model_change_re_embeds_everything(
     current = snapshot(out)
     assert_vectors_are(current, s.texts(s.day2), model)
     assert current.column(HASH_COLUMN).equals(snapshot(s.out2).column(HASH_COLUMN))
+
+
+def test_an_output_whose_manifest_says_seed_is_reused_by_static_backend(
+    scenario: Scenario, model_64_path: Path, tmp_path: Path
+) -> None:
+    """Outputs written before ``seed`` was renamed ``static_backend`` keep their vectors on the next reembed."""
+    s = scenario
+    raw = tmp_path / "raw-model"  # the bundled model's matrix in the StaticBackend's raw format
+    raw.mkdir()
+    load_file(str(model_64_path / "model.safetensors"))["embeddings"].astype("<f4").tofile(raw / "vocab_matrix.bin")
+    shutil.copyfile(model_64_path / "tokenizer.json", raw / "tokenizer.json")
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    model = ["--model", str(raw), "--dim", "64"]
+    first = embed.run([*s.args(s.input1, day1), *model])
+    assert first["semantics"] == "static_backend"
+    manifest_path = day1 / "manifest.json"
+    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest_path.write_text(json.dumps({**old, "semantics": "seed"}), encoding="utf-8")
+
+    second = reembed.run([*s.args(s.input2, day2, "--previous", str(day1)), *model])
+
+    assert second["reused_previous_vectors"] is True and "reembed_all_because" not in second
+    assert second["semantics"] == "static_backend"
+    assert (second["rows"]["unchanged"], second["rows"]["encoded"]) == (len(s.unchanged), 400)
+
+
+def test_changed_facts_compares_semantics_by_meaning() -> None:
+    facts = {"model_fingerprint": "f", "dim": 64, "normalize": True, "max_length": None, "semantics": "static_backend"}
+    assert reembed.changed_facts({**facts, "semantics": "seed"}, facts) == {}
+    assert reembed.changed_facts({**facts, "semantics": "model2vec"}, facts) == {
+        "semantics": {"previous": "model2vec", "current": "static_backend"}
+    }
+    assert reembed.changed_facts({**facts, "normalize": False, "dim": 32}, facts) == {
+        "dim": {"previous": 32, "current": 64},
+        "normalize": {"previous": False, "current": True},
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from beam_m2v.pooling import SUM_BLOCK, VocabularyMatrix, accumulator_dtype, mean_pool, seed_pool, sum_rows
+from beam_m2v.pooling import SUM_BLOCK, VocabularyMatrix, accumulator_dtype, mean_pool, static_backend_pool, sum_rows
 from beam_m2v.token_ids import TokenIds
 
 
@@ -51,7 +51,7 @@ def test_sums_are_left_to_right_in_the_accumulator(dtype: str, quantized: bool) 
 
 
 @pytest.mark.parametrize(("dtype", "quantized"), MATRICES)
-@pytest.mark.parametrize("pool", [mean_pool, seed_pool])
+@pytest.mark.parametrize("pool", [mean_pool, static_backend_pool])
 @pytest.mark.parametrize("normalize", [True, False])
 def test_writing_into_out_gives_the_same_vectors(dtype: str, quantized: bool, pool: object, normalize: bool) -> None:
     matrix = random_matrix(dtype, quantized)

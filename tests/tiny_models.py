@@ -4,7 +4,7 @@ Every model here is made of real parts: a ``tokenizers`` tokenizer trained in me
 built-in corpus (WordPiece, BPE, byte-level BPE, Unigram or WordLevel), a random embedding matrix
 of a chosen dtype, and the files that model2vec itself writes (``StaticModel.save_pretrained``).
 Other layouts are written by hand: Sentence Transformers static folders (root and
-``0_StaticEmbedding/``), the seed's raw ``vocab_matrix.bin``, a Hugging Face hub cache, and
+``0_StaticEmbedding/``), the Rust StaticBackend's raw ``vocab_matrix.bin``, a Hugging Face hub cache, and
 deliberately damaged safetensors files.
 
 Nothing here imports beam_m2v: these are the references the library is tested against.
@@ -300,9 +300,9 @@ def build_raw_model(
     seed: int = 0,
     with_tokenizer: bool = True,
 ) -> Path:
-    """Write the seed's raw format: ``vocab_matrix.bin`` (flat little-endian float32) and ``tokenizer.json``.
+    """Write the StaticBackend's raw format: ``vocab_matrix.bin`` (flat little-endian float32) and ``tokenizer.json``.
 
-    ``rows`` defaults to the tokenizer's vocabulary size (fewer rows make ids the seed skips).
+    ``rows`` defaults to the tokenizer's vocabulary size (fewer rows make ids the StaticBackend skips).
     Returns the folder.
     """
     folder = Path(folder)
@@ -320,10 +320,10 @@ def read_raw_matrix(path: str | os.PathLike[str], dim: int) -> np.ndarray:
     return np.fromfile(path, dtype="<f4").reshape(-1, dim)
 
 
-def seed_reference_vectors(
+def static_backend_reference_vectors(
     tokenizer_path: str | os.PathLike[str], matrix: np.ndarray, texts: Iterable[str]
 ) -> np.ndarray:
-    """The seed semantics written out plainly, one text at a time.
+    """The ``static_backend`` semantics written out plainly, one text at a time.
 
     ``encode(text, add_special_tokens=False)`` with the tokenizer as its file configures it, ids past
     the matrix skipped (the unknown token is kept), float32 mean left to right, divided by

@@ -25,7 +25,7 @@ class ModelOptions(TypedDict, total=False):
     """The model options every beam-m2v transform takes, passed on to ``load_model`` on the workers.
 
     ``tokenizer``, ``dimensionality``, ``normalize``, ``max_length`` (None: no truncation),
-    ``semantics`` (``"model2vec"`` or ``"seed"``), ``dim`` (columns of a raw ``vocab_matrix.bin``),
+    ``semantics`` (``"model2vec"`` or ``"static_backend"``), ``dim`` (columns of a raw ``vocab_matrix.bin``),
     ``revision``/``token``/``cache_dir`` (hub),
     ``sha256`` (remote filesystems); see ``beam_m2v.load_model``.
     """

@@ -1,6 +1,6 @@
-"""The seed semantics (the Rust ``StaticBackend``'s vectors) and where it differs from model2vec's.
+"""The ``static_backend`` semantics (the Rust ``StaticBackend``'s vectors) and where it differs from model2vec's.
 
-The seed embedded one text as: ``tokenizer.encode(text, add_special_tokens=False)`` with the tokenizer
+The StaticBackend embeds one text as: ``tokenizer.encode(text, add_special_tokens=False)`` with the tokenizer
 exactly as its file configures it (truncation, padding), ids >= the matrix's rows skipped (an
 in-vocabulary [UNK] is kept), float32 mean of the rows, divided by ``max(norm, 1e-12)``; a zero vector
 when nothing is left. Expected vectors here are worked out by hand (or by a plain per-text loop
@@ -45,7 +45,7 @@ def word_tokenizer(vocab: dict[str, int], *, special: Sequence[str] = ()) -> Tok
 
 
 def write_raw(folder: Path, tokenizer: Tokenizer, matrix: np.ndarray) -> Path:
-    """Write the seed's raw format: ``vocab_matrix.bin`` (flat little-endian float32) + ``tokenizer.json``."""
+    """Write the StaticBackend's raw format: ``vocab_matrix.bin`` (flat little-endian float32) + ``tokenizer.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     np.asarray(matrix, dtype="<f4").tofile(folder / "vocab_matrix.bin")
     tokenizer.save(str(folder / "tokenizer.json"), pretty=False)
@@ -62,7 +62,7 @@ def assert_close(actual: np.ndarray, expected: Sequence[float] | np.ndarray) -> 
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected), rtol=0, atol=ATOL)
 
 
-# -- (a) the seed's own unit cases ----------------------------------------------------------------
+# -- (a) the StaticBackend's own unit cases ----------------------------------------------------------------
 
 IDENTITY_VOCAB = {"[UNK]": 0, "hello": 1, "world": 2, "foo": 3}
 
@@ -73,11 +73,24 @@ def identity_model(tmp_path: Path) -> Path:
     return write_raw(tmp_path / "identity", word_tokenizer(IDENTITY_VOCAB), np.eye(4))
 
 
-def test_raw_folder_defaults_to_seed_semantics(identity_model: Path) -> None:
+def test_raw_folder_defaults_to_static_backend_semantics(identity_model: Path) -> None:
     model = beam_m2v.load_model(identity_model, dim=4)
-    assert model.settings.semantics is Semantics.SEED
+    assert model.settings.semantics is Semantics.STATIC_BACKEND
     assert model.settings.normalize is True and model.settings.max_length is None
     assert model.dim == 4 and model.matrix.rows == 4
+
+
+def test_seed_is_an_old_name_of_static_backend(identity_model: Path) -> None:
+    # Outputs and programs written before the rename say "seed": they keep working.
+    assert Semantics("seed") is Semantics.STATIC_BACKEND is Semantics("static_backend")
+    assert Semantics.STATIC_BACKEND.value == "static_backend" and list(Semantics) == [
+        Semantics.MODEL2VEC,
+        Semantics.STATIC_BACKEND,
+    ]
+    old = beam_m2v.load_model(identity_model, dim=4, semantics="seed")
+    assert old.settings == beam_m2v.load_model(identity_model, dim=4, semantics="static_backend").settings
+    with pytest.raises(ValueError, match="not a valid Semantics"):
+        Semantics("rust")
 
 
 def test_one_token_is_its_row(identity_model: Path) -> None:
@@ -118,7 +131,7 @@ def test_empty_batch_gives_empty_result(identity_model: Path) -> None:
 
 
 def test_unknown_word_is_the_unk_row(identity_model: Path) -> None:
-    # WordLevel maps an unknown word to [UNK] (id 0), which has a row: the seed keeps it.
+    # WordLevel maps an unknown word to [UNK] (id 0), which has a row: the StaticBackend keeps it.
     vectors = beam_m2v.load_model(identity_model, dim=4).encode(["zzz", "zzz hello"])
     assert_close(vectors, [[1, 0, 0, 0], [1 / np.sqrt(2), 1 / np.sqrt(2), 0, 0]])
 
@@ -173,9 +186,9 @@ def hand_model(tmp_path: Path, *, rows: int = 7, edit: object = None) -> Path:
 
 
 def both(folder: Path, **model2vec_options: object) -> tuple[beam_m2v.StaticEmbedder, beam_m2v.StaticEmbedder]:
-    seed = beam_m2v.load_model(folder, dim=4)
+    backend = beam_m2v.load_model(folder, dim=4)
     model2vec = beam_m2v.load_model(folder, dim=4, semantics="model2vec", **model2vec_options)
-    return seed, model2vec
+    return backend, model2vec
 
 
 def test_model2vec_semantics_of_a_raw_model_has_no_config_defaults(tmp_path: Path) -> None:
@@ -185,68 +198,68 @@ def test_model2vec_semantics_of_a_raw_model_has_no_config_defaults(tmp_path: Pat
     assert model2vec.settings.normalize is False and model2vec.settings.max_length == 512
 
 
-def test_in_vocabulary_unk_is_kept_by_seed_dropped_by_model2vec(tmp_path: Path) -> None:
-    seed, model2vec = both(hand_model(tmp_path))
+def test_in_vocabulary_unk_is_kept_by_static_backend_dropped_by_model2vec(tmp_path: Path) -> None:
+    backend, model2vec = both(hand_model(tmp_path))
     _, model2vec_unit = both(hand_model(tmp_path / "n"), normalize=True)
     texts = ["hello zzz", "zzz", "hello [UNK]"]
-    # seed: ids [1, 0] -> mean (HELLO + UNK) / 2 = (1, 1.5, 2, 0), norm sqrt(7.25)
+    # backend: ids [1, 0] -> mean (HELLO + UNK) / 2 = (1, 1.5, 2, 0), norm sqrt(7.25)
     #       ids [0]    -> UNK / |UNK| = (2, 0, 0, 0) / 2; "[UNK]" typed literally is the same id 0
-    assert_close(seed.encode(texts), [np.array([1, 1.5, 2, 0]) / np.sqrt(7.25), [1, 0, 0, 0], unit([1, 1.5, 2, 0])])
+    assert_close(backend.encode(texts), [np.array([1, 1.5, 2, 0]) / np.sqrt(7.25), [1, 0, 0, 0], unit([1, 1.5, 2, 0])])
     # model2vec: id 0 dropped -> HELLO (not normalised by default), nothing left -> zeros
     assert_close(model2vec.encode(texts), [HELLO, [0, 0, 0, 0], HELLO])
     assert_close(model2vec_unit.encode(texts), [[0, 0.6, 0.8, 0], [0, 0, 0, 0], [0, 0.6, 0.8, 0]])
 
 
 def test_text_past_max_length_tokens(tmp_path: Path) -> None:
-    seed, model2vec = both(hand_model(tmp_path))
+    backend, model2vec = both(hand_model(tmp_path))
     text = "a " * 512 + "b " * 88  # 600 tokens, 1200 chars (< 2560: no character cut)
-    # model2vec keeps the first 512 tokens: all "a" -> A; the seed's tokenizer file has no truncation.
+    # model2vec keeps the first 512 tokens: all "a" -> A; the StaticBackend's tokenizer file has no truncation.
     assert_close(model2vec.encode([text])[0], A)
-    assert_close(seed.encode([text])[0], unit([0, 512, 88, 0]))  # (512 A + 88 B) / 600, normalised
+    assert_close(backend.encode([text])[0], unit([0, 512, 88, 0]))  # (512 A + 88 B) / 600, normalised
 
 
 def test_text_past_the_character_limit(tmp_path: Path) -> None:
-    seed, model2vec = both(hand_model(tmp_path))
+    backend, model2vec = both(hand_model(tmp_path))
     text = "hello " * 300 + "world " * 300  # 600 tokens, 3600 chars
     # model2vec cuts the text at 512 * 5 = 2560 chars: 300 "hello " (1800) + 126 "world " (756)
     # + "worl", which is [UNK] and dropped: mean (300 HELLO + 126 WORLD) / 426.
     expected_model2vec = (300 * np.array(HELLO) + 126 * np.array(WORLD)) / 426
     assert_close(expected_model2vec, np.array([126, 900, 1452, 252]) / 426)
     assert_close(model2vec.encode([text])[0], expected_model2vec)
-    # seed: every token, (300 HELLO + 300 WORLD) / 600 = (0.5, 1.5, 3, 1), norm sqrt(12.5)
-    assert_close(seed.encode([text])[0], np.array([0.5, 1.5, 3, 1]) / np.sqrt(12.5))
+    # backend: every token, (300 HELLO + 300 WORLD) / 600 = (0.5, 1.5, 3, 1), norm sqrt(12.5)
+    assert_close(backend.encode([text])[0], np.array([0.5, 1.5, 3, 1]) / np.sqrt(12.5))
 
 
 def test_truncation_in_the_tokenizer_file(tmp_path: Path) -> None:
     folder = hand_model(tmp_path, edit=lambda tokenizer: tokenizer.enable_truncation(max_length=3))
-    seed, model2vec = both(folder)
+    backend, model2vec = both(folder)
     _, model2vec_2 = both(folder, max_length=2)
     text = "hello world a b"
-    # seed honours the file: ids [1, 2, 3] -> (HELLO + WORLD + A) / 3 = (1, 4, 6, 2) / 3, norm sqrt(57) / 3
-    assert_close(seed.encode([text])[0], np.array([1, 4, 6, 2]) / np.sqrt(57))
+    # backend honours the file: ids [1, 2, 3] -> (HELLO + WORLD + A) / 3 = (1, 4, 6, 2) / 3, norm sqrt(57) / 3
+    assert_close(backend.encode([text])[0], np.array([1, 4, 6, 2]) / np.sqrt(57))
     # model2vec ignores it and uses its own max_length (512): all four, (1, 4, 7, 2) / 4, not normalised
     assert_close(model2vec.encode([text])[0], [0.25, 1, 1.75, 0.5])
     # ... and with max_length=2 it first cuts at 2 * 5 = 10 chars, "hello worl": [hello, UNK] -> HELLO
     assert_close(model2vec_2.encode([text])[0], HELLO)
 
 
-def test_fixed_padding_in_the_tokenizer_file_is_pooled_by_seed(tmp_path: Path) -> None:
-    # The seed's tokenizer pads every single encode to length 4 with "a" (id 3): pads are rows too.
+def test_fixed_padding_in_the_tokenizer_file_is_pooled_by_static_backend(tmp_path: Path) -> None:
+    # The StaticBackend's tokenizer pads every single encode to length 4 with "a" (id 3): pads are rows too.
     folder = hand_model(tmp_path, edit=lambda tokenizer: tokenizer.enable_padding(length=4, pad_id=3, pad_token="a"))
-    seed, model2vec = both(folder)
-    # seed: [hello, a, a, a] -> (0, 6, 4, 0) / 4, normalised; model2vec never pads: HELLO.
-    assert_close(seed.encode(["hello", "hello world"]), [unit([0, 6, 4, 0]), unit([1, 5, 6, 2])])
+    backend, model2vec = both(folder)
+    # backend: [hello, a, a, a] -> (0, 6, 4, 0) / 4, normalised; model2vec never pads: HELLO.
+    assert_close(backend.encode(["hello", "hello world"]), [unit([0, 6, 4, 0]), unit([1, 5, 6, 2])])
     assert_close(model2vec.encode(["hello"])[0], HELLO)
 
 
 def test_batch_longest_padding_never_pads_one_text(tmp_path: Path) -> None:
-    # The seed encodes one text at a time: padding to the batch's longest text pads nothing there.
+    # The StaticBackend encodes one text at a time: padding to the batch's longest text pads nothing there.
     folder = hand_model(tmp_path, edit=lambda tokenizer: tokenizer.enable_padding(pad_id=3, pad_token="a"))
-    seed, _ = both(folder)
-    assert_close(seed.encode(["hello", "hello world world world b"]), [[0, 0.6, 0.8, 0], unit([3, 3, 11, 6])])
+    backend, _ = both(folder)
+    assert_close(backend.encode(["hello", "hello world world world b"]), [[0, 0.6, 0.8, 0], unit([3, 3, 11, 6])])
 
 
-def test_pad_to_multiple_of_in_the_tokenizer_file_is_pooled_by_seed(tmp_path: Path) -> None:
+def test_pad_to_multiple_of_in_the_tokenizer_file_is_pooled_by_static_backend(tmp_path: Path) -> None:
     def pad(tokenizer: Tokenizer) -> None:
         tokenizer.enable_padding(pad_id=3, pad_token="a", pad_to_multiple_of=4)
 
@@ -254,12 +267,12 @@ def test_pad_to_multiple_of_in_the_tokenizer_file_is_pooled_by_seed(tmp_path: Pa
     as_loaded = Tokenizer.from_file(str(folder / "tokenizer.json"))
     assert as_loaded.encode("hello", add_special_tokens=False).ids == [1, 3, 3, 3]
     assert as_loaded.encode("hello world a b a", add_special_tokens=False).ids == [1, 2, 3, 4, 3, 3, 3, 3]
-    seed, _ = both(folder)
+    backend, _ = both(folder)
     # [hello, a, a, a] -> (0, 6, 4, 0) / 4; 5 tokens padded to 8: HELLO + WORLD + B + 5 A = (1, 8, 7, 2)
-    assert_close(seed.encode(["hello", "hello world a b a"]), [unit([0, 6, 4, 0]), unit([1, 8, 7, 2])])
+    assert_close(backend.encode(["hello", "hello world a b a"]), [unit([0, 6, 4, 0]), unit([1, 8, 7, 2])])
 
 
-def test_seed_normalize_false_is_honoured_or_refused(tmp_path: Path) -> None:
+def test_static_backend_normalize_false_is_honoured_or_refused(tmp_path: Path) -> None:
     folder = hand_model(tmp_path)
     try:
         model = beam_m2v.load_model(folder, dim=4, normalize=False)
@@ -277,18 +290,18 @@ def test_no_special_tokens_are_added(tmp_path: Path) -> None:
             single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 5), ("[SEP]", 6)]
         )
 
-    seed, _ = both(hand_model(tmp_path, edit=add_template))
-    assert_close(seed.encode(["hello"])[0], [0, 0.6, 0.8, 0])  # not (HELLO + CLS + SEP) / 3
+    backend, _ = both(hand_model(tmp_path, edit=add_template))
+    assert_close(backend.encode(["hello"])[0], [0, 0.6, 0.8, 0])  # not (HELLO + CLS + SEP) / 3
 
 
-def test_ids_past_the_matrix_are_skipped_by_seed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_ids_past_the_matrix_are_skipped_by_static_backend(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = hand_model(tmp_path, rows=5)  # ids 5 ([CLS]) and 6 ([SEP]) have no row
-    seed = beam_m2v.load_model(folder, dim=4)
-    assert seed.matrix.rows == 5
+    backend = beam_m2v.load_model(folder, dim=4)
+    assert backend.matrix.rows == 5
     assert "ids up to 6" in caplog.text  # a warning, not an error
     # "hello [SEP]": ids [1, 6] -> 6 skipped -> HELLO alone (not a mean over 2); only skipped ids -> zeros
     texts = ["hello [SEP]", "[CLS] [SEP]", "[CLS] zzz b"]
-    assert_close(seed.encode(texts), [[0, 0.6, 0.8, 0], [0, 0, 0, 0], unit([2, 0, 1, 0])])
+    assert_close(backend.encode(texts), [[0, 0.6, 0.8, 0], [0, 0, 0, 0], unit([2, 0, 1, 0])])
 
 
 def test_ids_past_the_matrix_refuse_model2vec_semantics(tmp_path: Path) -> None:
@@ -308,8 +321,8 @@ def test_tokenizer_error_gives_a_zero_vector(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="Missing"):
         tokenizer.encode("hello zzz", add_special_tokens=False)
     folder = write_raw(tmp_path / "broken", tokenizer, np.eye(2, 4))
-    seed = beam_m2v.load_model(folder, dim=4)
-    assert_close(seed.encode(["hello zzz", "world"]), [[0, 0, 0, 0], [0, 1, 0, 0]])
+    backend = beam_m2v.load_model(folder, dim=4)
+    assert_close(backend.encode(["hello zzz", "world"]), [[0, 0, 0, 0], [0, 1, 0, 0]])
 
 
 # -- (c) a raw model made from the 256-dim test model --------------------------------------------
@@ -344,8 +357,8 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-def per_text_seed(tokenizer_path: Path, matrix: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-    """The seed's rules, plainly, one text at a time."""
+def per_text_static_backend(tokenizer_path: Path, matrix: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """The StaticBackend's rules, plainly, one text at a time."""
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     out = np.zeros((len(texts), matrix.shape[1]), dtype=np.float32)
     for row, text in enumerate(texts):
@@ -389,7 +402,7 @@ def test_every_source_kind_gives_the_same_vectors(
     reference = None
     for name, (source, options) in sources.items():
         model = beam_m2v.load_model(source, **options)
-        assert model.settings.semantics is Semantics.SEED, name
+        assert model.settings.semantics is Semantics.STATIC_BACKEND, name
         assert model.matrix.rows == 29525 and model.dim == 256, name
         vectors = model.encode(texts)
         if reference is None:
@@ -401,12 +414,12 @@ def test_every_source_kind_gives_the_same_vectors(
     assert "models--owner--raw" in hub_model.files.matrix
 
 
-def test_seed_equals_a_per_text_implementation(
+def test_static_backend_equals_a_per_text_implementation(
     raw_minilm: Path, minilm_matrix: np.ndarray, corpus_texts: list[str], long_text: str
 ) -> None:
     texts = [*corpus_texts, *SPECIAL_TEXTS, long_text, long_text[:5000]]
     vectors = beam_m2v.load_model(raw_minilm).encode(texts)
-    expected = per_text_seed(raw_minilm / "tokenizer.json", minilm_matrix, texts)
+    expected = per_text_static_backend(raw_minilm / "tokenizer.json", minilm_matrix, texts)
     assert float(np.abs(vectors - expected).max()) <= ATOL
     # The file's truncation (512) is honoured: the long text's vector is that of its first 512 tokens.
     tokenizer = Tokenizer.from_file(str(raw_minilm / "tokenizer.json"))
@@ -431,7 +444,7 @@ def test_model2vec_semantics_equals_static_model_on_the_original_folder(
 
 
 def test_semantics_agree_on_the_corpus_and_differ_on_unk(raw_minilm: Path, corpus_texts: list[str]) -> None:
-    seed = beam_m2v.load_model(raw_minilm)
+    backend = beam_m2v.load_model(raw_minilm)
     model2vec = beam_m2v.load_model(raw_minilm, semantics="model2vec", normalize=True)
     # Checked facts about the first 5,000 paragraphs: no [UNK] (id 1) and none longer than 512 tokens.
     tokenizer = Tokenizer.from_file(str(raw_minilm / "tokenizer.json"))
@@ -440,14 +453,14 @@ def test_semantics_agree_on_the_corpus_and_differ_on_unk(raw_minilm: Path, corpu
     assert not any(1 in encoding.ids for encoding in encodings)
     assert max(len(encoding.ids) for encoding in encodings) <= 512
     # Hence the two semantics pool the same ids; only the normalisation's rounding differs (last ulp:
-    # the seed divides by sqrt(einsum), model2vec by np.linalg.norm + 1e-32).
-    assert float(np.abs(seed.encode(corpus_texts) - model2vec.encode(corpus_texts)).max()) <= ATOL
-    # Texts with [UNK] do differ: the seed keeps its row, model2vec drops it ("\u2603" is only [UNK]).
-    seed_special, model2vec_special = seed.encode(SPECIAL_TEXTS[:3]), model2vec.encode(SPECIAL_TEXTS[:3])
+    # the StaticBackend divides by sqrt(einsum), model2vec by np.linalg.norm + 1e-32).
+    assert float(np.abs(backend.encode(corpus_texts) - model2vec.encode(corpus_texts)).max()) <= ATOL
+    # Texts with [UNK] do differ: the StaticBackend keeps its row, model2vec drops it ("\u2603" is only [UNK]).
+    backend_special, model2vec_special = backend.encode(SPECIAL_TEXTS[:3]), model2vec.encode(SPECIAL_TEXTS[:3])
     # ([UNK]'s row is short, so one [UNK] among a few tokens moves the vector by ~5e-4, still far above 1e-6.)
-    assert np.abs(seed_special - model2vec_special).max(axis=1).min() > 1e-4
+    assert np.abs(backend_special - model2vec_special).max(axis=1).min() > 1e-4
     np.testing.assert_array_equal(model2vec_special[0], np.zeros(256, dtype=np.float32))
-    assert_close(seed_special[0], unit(seed.matrix.embeddings[1]))
+    assert_close(backend_special[0], unit(backend.matrix.embeddings[1]))
 
 
 # -- (d) EmbedText on FnApiRunner -----------------------------------------------------------------
@@ -455,23 +468,27 @@ def test_semantics_agree_on_the_corpus_and_differ_on_unk(raw_minilm: Path, corpu
 
 def test_embed_text_carries_the_semantics(raw_minilm: Path, corpus_texts: list[str], long_text: str) -> None:
     texts = [*corpus_texts[:300], *[text for text in SPECIAL_TEXTS if text], long_text]
-    seed_vectors = beam_m2v.load_model(raw_minilm).encode(texts)
+    backend_vectors = beam_m2v.load_model(raw_minilm).encode(texts)
     model2vec_vectors = beam_m2v.load_model(raw_minilm, semantics="model2vec").encode(texts)
-    assert not np.array_equal(seed_vectors, model2vec_vectors)
-    seed_transform = beam_m2v.EmbedText(str(raw_minilm), batch_size=100)
+    assert not np.array_equal(backend_vectors, model2vec_vectors)
+    backend_transform = beam_m2v.EmbedText(str(raw_minilm), batch_size=100)
     model2vec_transform = beam_m2v.EmbedText(str(raw_minilm), semantics="model2vec", batch_size=100)
-    assert seed_transform.spec.semantics is None and model2vec_transform.spec.semantics == "model2vec"
+    assert backend_transform.spec.semantics is None and model2vec_transform.spec.semantics == "model2vec"
     with fn_api_pipeline() as p:
         pcoll = p | beam.Create(texts)
-        seed = pcoll | "Seed" >> seed_transform
+        backend = pcoll | "StaticBackend" >> backend_transform
         model2vec = pcoll | "Model2Vec" >> model2vec_transform
-        assert_that(seed.embedded, vectors_match(dict(zip(texts, seed_vectors, strict=True))), label="SeedVectors")
+        assert_that(
+            backend.embedded,
+            vectors_match(dict(zip(texts, backend_vectors, strict=True))),
+            label="StaticBackendVectors",
+        )
         assert_that(
             model2vec.embedded,
             vectors_match(dict(zip(texts, model2vec_vectors, strict=True))),
             label="Model2VecVectors",
         )
-        assert_that(seed.failed, equal_to([]), label="SeedNoFailures")
+        assert_that(backend.failed, equal_to([]), label="StaticBackendNoFailures")
         assert_that(model2vec.failed, equal_to([]), label="Model2VecNoFailures")
 
 
