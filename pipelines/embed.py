@@ -30,10 +30,12 @@ from apache_beam.pvalue import PCollection
 import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import ModelLoadError
+from beam_m2v.thread_budget import ThreadBudgetError, check_settings
 from beam_m2v.transforms.arrow_coder import register_arrow_table_coder
 from beam_m2v.transforms.dead_letters import FAILED_TAG
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from beam_m2v.transforms.thread_options import pipeline_thread_budget, threads_option
 from pipelines.content_hash import HASH_COLUMN, with_text_hash
 from pipelines.inputs import (
     InputError,
@@ -88,6 +90,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="write vector values with Parquet's BYTE_STREAM_SPLIT encoding (~10%% smaller; readers need "
         "Parquet 2.8+ support: pyarrow, DuckDB, Polars, Spark 3.2+); --no-byte-stream-split for plain pages",
+    )
+    parser.add_argument(
+        "--m2v_threads_per_worker",
+        type=threads_option,
+        metavar="N",
+        help="cores each worker process uses to embed, or 'all' (default: its share of the machine when the "
+        "runner starts several worker processes, every core otherwise; also BEAM_M2V_THREADS)",
     )
 
 
@@ -242,7 +251,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="beam-m2v embed", description=__doc__.split("\n")[0])
     add_input_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
     FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
     prepared = prepare(args)
     folders = RunFolders.new(args.output)
@@ -272,8 +281,9 @@ def run_and_publish(
     try:
         pipeline = beam.Pipeline(options=options)
         build(pipeline)
-        result = pipeline.run()
-        result.wait_until_finish()
+        with pipeline_thread_budget(options):
+            result = pipeline.run()
+            result.wait_until_finish()
         manifest = finish(result)
     except BaseException:
         discard(folders)
@@ -282,8 +292,15 @@ def run_and_publish(
     return manifest
 
 
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam options from the remaining arguments; without --runner, Beam's local FnApiRunner."""
+def pipeline_options(beam_args: Sequence[str], *, threads_per_worker: str | None = None) -> PipelineOptions:
+    """Beam options from the remaining arguments; without --runner, Beam's local FnApiRunner.
+
+    ``threads_per_worker`` becomes ``--m2v_threads_per_worker``; a thread setting in the
+    environment that is not valid raises ThreadBudgetError.
+    """
+    check_settings()
+    if threads_per_worker is not None:
+        beam_args = [*beam_args, f"--m2v_threads_per_worker={threads_per_worker}"]
     options = PipelineOptions(list(beam_args))
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
         options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
@@ -345,7 +362,7 @@ def console_main(
     configure_logging()
     try:
         manifest = run_pipeline(argv)
-    except (InputError, ModelLoadError, FileNotFoundError) as error:
+    except (InputError, ModelLoadError, FileNotFoundError, ThreadBudgetError) as error:
         print(f"beam-m2v {command}: error: {error}", file=sys.stderr)
         return 2
     print(summary(manifest))

@@ -345,7 +345,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     add_input_arguments(parser)
     parser.add_argument("--previous", required=True, help="output directory of the previous embed/reembed run")
     args, beam_args = parser.parse_known_args(argv)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
     FileSystems.set_options(options)
     prepared = prepare(args)
     previous = previous_files(args.previous, prepared.input.id_column)
