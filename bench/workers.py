@@ -66,6 +66,9 @@ MULTI = "FnApiRunner multi_processing"
 PORTABLE = "PortableRunner + EXTERNAL pool"
 POOL = "Fn API + EXTERNAL pool"
 
+STARTUP_ROWS = 10
+STARTUP_SETUPS = ((ONE, 1), (MULTI, 2), (MULTI, 4))
+
 # Targets (one run, 682,890 rows, a 2-core machine).
 TARGET_TWO_WALL = 1.05
 TARGET_TWO_CPU = 1.15
@@ -127,6 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=None, help=f"corpus repetitions (default {DEFAULT_SCALE})")
     parser.add_argument("--repeats", type=int, default=1, help="runs of every setup and mode (default 1)")
     parser.add_argument("--quick", action="store_true", help="bundled sample and model, 4 runs: a smoke run")
+    parser.add_argument(
+        "--startup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"also time {STARTUP_ROWS} rows in 1, 2 and 4 processes, the fixed cost (default: on; off with --quick)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
@@ -134,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.corpus = args.corpus or (QUICK_CORPUS if args.quick else DEFAULT_CORPUS)
     args.model = args.model or (QUICK_MODEL if args.quick else DEFAULT_MODEL)
     args.scale = args.scale or (QUICK_SCALE if args.quick else DEFAULT_SCALE)
+    args.startup = not args.quick if args.startup is None else args.startup
     if args.scale < 1 or args.repeats < 1:
         parser.error("--scale and --repeats must be at least 1")
     return args
@@ -284,8 +294,9 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     reference = prints
                 elif not np.array_equal(prints, reference):
                     mismatches.append(f"{setup.label}, {mode}")
+    startup = measure_startup(source, model, work) if args.startup else {}
     print_table(table, rows)
-    checks = print_targets(table, args.quick)
+    checks = print_targets(table, args.quick, startup)
     print()
     print(f"vectors: {'all runs bit-identical' if not mismatches else 'DIFFER in ' + '; '.join(mismatches)}")
     return {
@@ -299,6 +310,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "loadavg_end": loadavg(),
         "vectors_identical": not mismatches,
         "targets": checks,
+        "startup": {setup.label: asdict(run) for setup, run in startup.items()},
         "setups": [
             {
                 "setup": asdict(row.setup),
@@ -307,6 +319,17 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             }
             for row in table.values()
         ],
+    }
+
+
+def measure_startup(source: Path, model: Path, work: Path) -> dict[Setup, Run]:
+    """The same setups on a few rows (with the budget): the fixed cost of starting each."""
+    bench_common.section(f"Fixed cost: the first {STARTUP_ROWS} rows, with the budget", WIDTH)
+    small = work / "inputs" / f"rows-{STARTUP_ROWS}.parquet"
+    pq.write_table(pq.read_table(source).slice(0, STARTUP_ROWS), small)
+    return {
+        Setup(runner, processes): run_setup(Setup(runner, processes), "budget", small, model, work, STARTUP_ROWS)[0]
+        for runner, processes in STARTUP_SETUPS
     }
 
 
@@ -334,7 +357,7 @@ def print_table(table: dict[Setup, Row], rows: int) -> None:
         print(f"{row.setup.label:<72} {cells(row, 'today', rows)} | {cells(row, 'budget', rows)} | {ratio}")
 
 
-def print_targets(table: dict[Setup, Row], quick: bool) -> dict[str, bool]:
+def print_targets(table: dict[Setup, Row], quick: bool, startup: dict[Setup, Run]) -> dict[str, bool]:
     bench_common.section(
         "Targets" + (" (a --quick run: small input, not the 682,890-row targets)" if quick else ""), WIDTH
     )
@@ -346,6 +369,7 @@ def print_targets(table: dict[Setup, Row], quick: bool) -> dict[str, bool]:
         print(f"  {'PASS' if value <= limit else 'MISS'}  {name}: {value:.3f} (limit {limit:.3f})")
 
     if one.runs["today"]:
+        # The same pools either way in one process: a difference here is the machine's noise.
         check(
             "one process, budget: wall / today's", one.median("budget", "wall_s") / one.median("today", "wall_s"), 1.0
         )
@@ -375,6 +399,14 @@ def print_targets(table: dict[Setup, Row], quick: bool) -> dict[str, bool]:
                 four.median("budget", "cpu_s") / two.median("budget", "cpu_s"),
                 1.0,
             )
+    if startup:
+        print("  beyond the fixed cost (each setup's run on a few rows subtracted), for reference:")
+        base = one.median("budget", "cpu_s") - startup[Setup(ONE, 1)].cpu_s
+        for runner, processes in STARTUP_SETUPS[1:]:
+            row = table.get(Setup(runner, processes))
+            if row is not None and row.runs["budget"]:
+                net = row.median("budget", "cpu_s") - startup[Setup(runner, processes)].cpu_s
+                print(f"        {runner}, {processes} processes: cpu / one process's: {net / base:.3f}")
     return checks
 
 
