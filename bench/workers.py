@@ -83,6 +83,12 @@ class Setup:
     harness_threads: int | None = None
 
     @property
+    def key(self) -> str:
+        """Short name for ``--setups``: one1, multi2, multi4, portable1, pool2, pool4, multi2-h4, ..."""
+        short = {ONE: "one", MULTI: "multi", PORTABLE: "portable", POOL: "pool"}[self.runner]
+        return f"{short}{self.processes}" + (f"-h{self.harness_threads}" if self.harness_threads is not None else "")
+
+    @property
     def label(self) -> str:
         harness = f", harness threads {self.harness_threads}" if self.harness_threads is not None else ""
         workers = "" if self.runner == ONE else f", {self.processes} worker process{'es' if self.processes > 1 else ''}"
@@ -135,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"also time {STARTUP_ROWS} rows in 1, 2 and 4 processes, the fixed cost (default: on; off with --quick)",
+    )
+    parser.add_argument(
+        "--setups",
+        default=None,
+        help="comma-separated setups to run (one1, multi2, multi4, portable1, pool2, pool4, multi2-h1, pool2-h12, "
+        "...); default: all (one1 always runs: the ratios need it)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -280,6 +292,12 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     print(f"  {pipeline_bench.machine()}")
     setups, modes = plan(args.quick)
+    if args.setups:
+        wanted = {"one1", *(key.strip() for key in args.setups.split(","))}
+        unknown = wanted - {setup.key for setup in setups}
+        if unknown:
+            raise SystemExit(f"bench/workers.py: unknown setups {sorted(unknown)}; known: {[s.key for s in setups]}")
+        setups = [setup for setup in setups if setup.key in wanted]
     table = {setup: Row(setup) for setup in setups}
     reference: np.ndarray | None = None
     mismatches: list[str] = []
@@ -294,7 +312,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     reference = prints
                 elif not np.array_equal(prints, reference):
                     mismatches.append(f"{setup.label}, {mode}")
-    startup = measure_startup(source, model, work) if args.startup else {}
+    startup = measure_startup(source, model, work, set(table)) if args.startup else {}
     print_table(table, rows)
     checks = print_targets(table, args.quick, startup)
     print()
@@ -322,14 +340,15 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def measure_startup(source: Path, model: Path, work: Path) -> dict[Setup, Run]:
-    """The same setups on a few rows (with the budget): the fixed cost of starting each."""
+def measure_startup(source: Path, model: Path, work: Path, chosen: set[Setup]) -> dict[Setup, Run]:
+    """The chosen ones of STARTUP_SETUPS on a few rows (with the budget): the fixed cost of starting each."""
     bench_common.section(f"Fixed cost: the first {STARTUP_ROWS} rows, with the budget", WIDTH)
     small = work / "inputs" / f"rows-{STARTUP_ROWS}.parquet"
     pq.write_table(pq.read_table(source).slice(0, STARTUP_ROWS), small)
     return {
         Setup(runner, processes): run_setup(Setup(runner, processes), "budget", small, model, work, STARTUP_ROWS)[0]
         for runner, processes in STARTUP_SETUPS
+        if Setup(runner, processes) in chosen
     }
 
 
@@ -401,12 +420,17 @@ def print_targets(table: dict[Setup, Row], quick: bool, startup: dict[Setup, Run
             )
     if startup:
         print("  beyond the fixed cost (each setup's run on a few rows subtracted), for reference:")
-        base = one.median("budget", "cpu_s") - startup[Setup(ONE, 1)].cpu_s
         for runner, processes in STARTUP_SETUPS[1:]:
             row = table.get(Setup(runner, processes))
             if row is not None and row.runs["budget"]:
-                net = row.median("budget", "cpu_s") - startup[Setup(runner, processes)].cpu_s
-                print(f"        {runner}, {processes} processes: cpu / one process's: {net / base:.3f}")
+                ratios = [
+                    (row.median("budget", key) - getattr(startup[Setup(runner, processes)], key))
+                    / (one.median("budget", key) - getattr(startup[Setup(ONE, 1)], key))
+                    for key in ("wall_s", "cpu_s")
+                ]
+                print(
+                    f"        {runner}, {processes} processes / one process: wall {ratios[0]:.3f}, cpu {ratios[1]:.3f}"
+                )
     return checks
 
 
