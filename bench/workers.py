@@ -1,6 +1,6 @@
 """Worker-process benchmark: ``beam-m2v embed`` in 1, 2 and 4 SDK worker processes, with and without the thread budget.
 
-One invocation builds one input (the shared corpus repeated ``--scale`` times, ids 0..n-1, row
+One invocation builds one input (the Linux-docs corpus repeated ``--scale`` times, ids 0..n-1, row
 groups of 50,000 rows, as ``bench/pipeline.py`` builds it) and runs ``python -m pipelines.embed``
 on it, each run a whole process timed from spawn to exit:
 
@@ -23,6 +23,7 @@ Run from the repository root::
 
     python bench/workers.py                 # corpus x5 (682,890 rows), 256-dim model: ~10 min on 2 cores
     python bench/workers.py --quick         # bundled 2,000-row sample x2, bundled 64-dim model, 4 runs
+    python bench/workers.py --setups one1,multi2,multi4 --repeats 3   # an A/B: medians of 3 (~6 min)
     python bench/workers.py --repeats 3 --json out.json
 """
 
