@@ -380,7 +380,8 @@ def test_embed_in_one_process_follows_the_explicit_option(model_64_path, tmp_pat
 
 def test_workers_bench_quick(tmp_path):
     # Four whole `pipelines.embed` runs (one in memory twice, two multi_processing workers, two pool
-    # workers) on 4,000 rows: each pays Beam's start-up in every process, ~40-100 s on 2 busy cores.
+    # workers) on 4,000 rows: each pays Beam's start-up in every process, ~20 s on 2 idle cores and
+    # up to ~100 s when they are busy.
     result_path = tmp_path / "workers.json"
     environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
     done = subprocess.run(
