@@ -8,7 +8,6 @@ while all of them share one memory-mapped matrix.
 from __future__ import annotations
 
 import enum
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from beam_m2v.piece_tokenization import piece_token_ids
 from beam_m2v.pooling import VocabularyMatrix, mean_pool, static_backend_pool
 from beam_m2v.sources import ModelFiles, content_fingerprint
 from beam_m2v.text_checks import first_invalid_text
+from beam_m2v.thread_budget import process_budget
 from beam_m2v.token_ids import TokenIds, flatten_ids, keep_ids, truncate_ids
 from beam_m2v.tokenization import PreparedTokenizer
 
@@ -136,6 +136,7 @@ class StaticEmbedder:
 
     def token_ids(self, texts: Sequence[str]) -> TokenIds:
         """The ids each text contributes to its vector, after every rule of the semantics."""
+        process_budget()  # before the first tokenizer call: it sizes the tokenizer's pool
         if self._prepared.by_piece:
             return self._array_token_ids(arrow_texts(texts))
         return self._apply_rules(self._ids_text_by_text(texts))
@@ -213,6 +214,7 @@ class StaticEmbedder:
         """Like ``encode``, also returning how many tokens were pooled (for metrics)."""
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of texts, not one str")
+        process_budget()  # before the first tokenizer call: it sizes the tokenizer's pool
         if self._prepared.by_piece:
             return self._encode_array(arrow_texts(texts))
         n = len(texts)
@@ -257,6 +259,7 @@ class StaticEmbedder:
 
     def encode_arrow_with_stats(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.FixedSizeListArray, int]:
         """Like ``encode_arrow``, also returning how many tokens were pooled."""
+        process_budget()  # before the first tokenizer call: it sizes the tokenizer's pool
         texts = plain_strings(texts)
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
@@ -324,16 +327,19 @@ def vector_array(vectors: np.ndarray, mask: pa.Array | None = None) -> pa.FixedS
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1], mask=mask)
 
 
+#: Name prefix of the encode pool's threads.
+ENCODE_THREAD_PREFIX = "beam-m2v-encode"
+
 _executor_lock = threading.Lock()
 _shared_executor: ThreadPoolExecutor | None = None
 
 
 def _executor() -> ThreadPoolExecutor:
-    """One thread pool per process, sized to the cores, shared by every embedder."""
+    """One thread pool per process, sized to the process's thread budget, shared by every embedder."""
     global _shared_executor
     with _executor_lock:
         if _shared_executor is None:
             _shared_executor = ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="beam-m2v-encode"
+                max_workers=process_budget().encode_threads, thread_name_prefix=ENCODE_THREAD_PREFIX
             )
         return _shared_executor

@@ -31,10 +31,12 @@ from apache_beam.pvalue import PCollection
 import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import ModelLoadError
+from beam_m2v.thread_budget import ThreadBudgetError, check_settings
 from beam_m2v.transforms.arrow_coder import register_arrow_table_coder
 from beam_m2v.transforms.dead_letters import FAILED_TAG
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
+from beam_m2v.transforms.thread_options import pipeline_thread_budget, threads_option
 from pipelines.arguments import parse_program_args, program_parser
 from pipelines.content_hash import HASH_COLUMN, with_text_hash
 from pipelines.inputs import (
@@ -175,6 +177,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_INTERVAL,
         metavar="S",
         help="seconds between progress lines on stderr (a live bar instead when stderr is a terminal); 0 for none",
+    )
+    parser.add_argument(
+        "--m2v_threads_per_worker",
+        type=threads_option,
+        metavar="N",
+        help="cores each worker process uses to embed, or 'all' (default: its share of the machine when the "
+        "runner starts several worker processes, every core otherwise; also BEAM_M2V_THREADS)",
     )
 
 
@@ -378,7 +387,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if lance_output.lance_output(argv):
         return lance_output.run_embed(argv)
     args, beam_args = parse_program_args(parser(), argv)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
     FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)
@@ -415,7 +424,7 @@ def run_and_publish(
     try:
         pipeline = beam.Pipeline(options=options)
         build(pipeline)
-        with progress if progress is not None else contextlib.nullcontext():
+        with pipeline_thread_budget(options), progress if progress is not None else contextlib.nullcontext():
             result = pipeline.run()
             result.wait_until_finish()
         manifest = finish(result)
@@ -431,8 +440,15 @@ def run_and_publish(
     return manifest
 
 
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam options from the remaining arguments; without --runner, Beam's local FnApiRunner."""
+def pipeline_options(beam_args: Sequence[str], *, threads_per_worker: str | None = None) -> PipelineOptions:
+    """Beam options from the remaining arguments; without --runner, Beam's local FnApiRunner.
+
+    ``threads_per_worker`` becomes ``--m2v_threads_per_worker``; a thread setting in the
+    environment that is not valid raises ThreadBudgetError.
+    """
+    check_settings()
+    if threads_per_worker is not None:
+        beam_args = [*beam_args, f"--m2v_threads_per_worker={threads_per_worker}"]
     options = PipelineOptions(list(beam_args))
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
         options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
@@ -499,7 +515,7 @@ def console_main(
     configure_logging()
     try:
         manifest = run_pipeline(argv)
-    except (InputError, ModelLoadError, OutputError, FileNotFoundError) as error:
+    except (InputError, ModelLoadError, OutputError, FileNotFoundError, ThreadBudgetError) as error:
         print(f"beam-m2v {command}: error: {error}", file=sys.stderr)
         return 2
     except RunRejected as error:

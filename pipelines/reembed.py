@@ -441,7 +441,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if lance_output.lance_output(argv):
         return lance_output.run_reembed(argv)
     args, beam_args = parse_program_args(parser(), argv)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
     FileSystems.set_options(options)
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)

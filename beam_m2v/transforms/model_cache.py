@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 from beam_m2v.encoder import Semantics, StaticEmbedder
 from beam_m2v.loading import MODEL_DEFAULT, load_model
 from beam_m2v.model_checks import check_load_options
+from beam_m2v.thread_budget import check_settings
+from beam_m2v.transforms import thread_options  # noqa: F401  (registers --m2v_threads_per_worker with Beam)
 
 
 class ModelOptions(TypedDict, total=False):
@@ -107,7 +109,11 @@ _lock = threading.Lock()
 
 
 def acquire_model(spec: ModelSpec) -> AcquiredModel:
-    """The process-wide model for ``spec``: loaded on first use, then shared while anyone holds it."""
+    """The process-wide model for ``spec``: loaded on first use, then shared while anyone holds it.
+
+    A thread setting that is not valid fails here, in the DoFn's setup, rather than row by row.
+    """
+    check_settings()
     with _lock:
         model = _models.get(spec)
         if model is not None:
