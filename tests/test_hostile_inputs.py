@@ -49,7 +49,18 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def args(source: Path | str, out: Path, model_path: Path, *extra: str) -> list[str]:
-    return ["--input", str(source), "--output", str(out), "--model", str(model_path), *extra]
+    # Hostile inputs fail many rows on purpose: publish them all the same, to check their dead letters.
+    return [
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--model",
+        str(model_path),
+        "--max-failed-fraction",
+        "1",
+        *extra,
+    ]
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import beam_m2v
@@ -34,6 +34,7 @@ FEW = settings(
     max_examples=4,
     deadline=None,
     database=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),  # no shrinking: each example is a whole pipeline run
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
 )
 
@@ -153,6 +154,7 @@ def test_generated_jsonl_mixes(data: st.DataObject, model: beam_m2v.StaticEmbedd
         source.write_bytes(gzip.compress(payload) if compressed else payload)
         out = Path(folder) / "vectors"
         argv = ["--input", str(source), "--output", str(out), "--model", str(model_64_path), "--keep-columns", "score"]
+        argv += ["--max-failed-fraction", "1"]  # hostile mixes fail many rows on purpose
         if not getattr(test_generated_jsonl_mixes, "ran_subprocess", False):
             test_generated_jsonl_mixes.ran_subprocess = True  # type: ignore[attr-defined]
             process = embed_module(*argv)
@@ -224,5 +226,18 @@ def test_generated_parquet_mixes(data: st.DataObject, model: beam_m2v.StaticEmbe
             pq.write_table(table, path, row_group_size=data.draw(st.integers(1, 10), label="row group"))
         out = Path(folder) / "vectors"
         pattern = str(Path(folder) / "*.parquet")
-        embed.run(["--input", pattern, "--output", str(out), "--model", str(model_64_path), "--keep-columns", "tag"])
+        embed.run(
+            [
+                "--input",
+                pattern,
+                "--output",
+                str(out),
+                "--model",
+                str(model_64_path),
+                "--keep-columns",
+                "tag",
+                "--max-failed-fraction",
+                "1",
+            ]
+        )
         check_run(out, expected_good, failing, model)
