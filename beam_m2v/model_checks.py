@@ -21,7 +21,7 @@ from beam_m2v.errors import ModelLoadError
 FINITE_CHUNK_BYTES = 1 << 22
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_SEMANTICS = ("model2vec", "seed")
+_SEMANTICS = ("model2vec", "static_backend", "seed")  # "seed": the old name of "static_backend"
 
 
 def is_integer(value: object) -> bool:
@@ -54,6 +54,11 @@ def _positive_integer(value: object) -> bool:
     return is_integer(value) and int(value) >= 1  # type: ignore[call-overload]
 
 
+def _token_budget(value: object) -> bool:
+    """Whether ``value`` is a token budget: an integer >= 0 (bools excluded; 0 gives zero vectors, as in model2vec)."""
+    return is_integer(value) and int(value) >= 0  # type: ignore[call-overload]
+
+
 def check_load_options(
     source: str,
     *,
@@ -81,10 +86,10 @@ def check_load_options(
         problems.append(f"dimensionality must be an integer or None, got {_describe(dimensionality)}")
     if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
         problems.append(f"normalize must be True, False or None (the model's own), got {_describe(normalize)}")
-    if max_length is not None and not _positive_integer(max_length):
-        problems.append(f"max_length must be a positive integer or None (no truncation), got {_describe(max_length)}")
+    if max_length is not None and not _token_budget(max_length):
+        problems.append(f"max_length must be an integer >= 0 or None (no truncation), got {_describe(max_length)}")
     if semantics is not None and str(getattr(semantics, "value", semantics)) not in _SEMANTICS:
-        problems.append(f"semantics must be 'model2vec', 'seed' or None, got {_describe(semantics)}")
+        problems.append(f"semantics must be 'model2vec', 'static_backend' or None, got {_describe(semantics)}")
     if not _positive_integer(dim):
         problems.append(f"dim (columns of a raw matrix) must be a positive integer, got {_describe(dim)}")
     for name, value in (("revision", revision), ("token", token)):
@@ -108,9 +113,9 @@ def config_settings(path: str, config: Mapping[str, Any], default_max_length: in
     problems = []
     if not isinstance(normalize, bool):
         problems.append(f"config normalize must be true or false, got {_describe_json(normalize)}")
-    if max_length is not None and not _positive_integer(max_length):
+    if max_length is not None and not _token_budget(max_length):
         problems.append(
-            f"config max_length must be a positive integer or null (no truncation), got {_describe_json(max_length)}"
+            f"config max_length must be an integer >= 0 or null (no truncation), got {_describe_json(max_length)}"
         )
     if problems:
         raise ModelLoadError(path, "; ".join(problems))

@@ -580,7 +580,7 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         line_numbers: list[int] = []
         read = 0  # bytes, for the progress report
         for line_number, raw_line in numbered_lines(path):
-            read += len(raw_line)
+            read += len(raw_line) + 1  # and its newline
             if is_blank(raw_line):
                 continue
             lines.append(raw_line)

@@ -168,8 +168,11 @@ def dead_letter_json(failure: FailedElement, id_column: str, text_column: str) -
         "source": element.get(SOURCE_COLUMN),
         "position": element.get(POSITION_COLUMN),
     }
-    if not _json_scalar(record["id"]) or (isinstance(record["id"], str) and not _utf8(record["id"])):
-        record["id"] = preview(record["id"])
+    if isinstance(record["source"], bytes):  # a file name read back from an Arrow column of bytes
+        record["source"] = record["source"].decode("utf-8", errors="replace")
+    for key, value in record.items():
+        if not _json_scalar(value) or (isinstance(value, str) and not _utf8(value)):
+            record[key] = preview(value)
     return json.dumps(record, ensure_ascii=False)
 
 

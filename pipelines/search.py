@@ -30,11 +30,9 @@ import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import MissingDependencyError, ModelLoadError
 from pipelines.content_hash import HASH_COLUMN
-from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, has_manifest, read_manifest
+from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, has_manifest, read_manifest, shard_paths
 from pipelines.process_exit import exit_process
 
-#: Names in a Parquet output folder that are not vector shards (dead letters, change sets, the manifest).
-_NOT_SHARDS = ["failed", "changes", "manifest", ".", "_"]
 #: Exact search reads the vectors this many rows at a time.
 SCAN_ROWS = 65_536
 
@@ -97,10 +95,8 @@ def open_target(path: str, storage_options: dict[str, str] | None = None) -> Tar
             raise SearchError(f"{path}: a Lance dataset without beam-m2v's model facts; pass --model to search it")
         return Target(path, dataset, json.loads(metadata[METADATA_KEY]), lance=True)
     if not has_manifest(path):
-        raise SearchError(
-            f"{path}: neither a Lance dataset (PATH.lance) nor a beam-m2v output folder (no manifest.json)"
-        )
-    dataset = ds.dataset(path, format="parquet", ignore_prefixes=_NOT_SHARDS)
+        raise SearchError(f"{path}: neither a Lance dataset (PATH.lance) nor a beam-m2v output folder (no manifest)")
+    dataset = ds.dataset(shard_paths(path), format="parquet")
     return Target(path, dataset, read_manifest(path), lance=False)
 
 

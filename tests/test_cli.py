@@ -80,8 +80,8 @@ def test_help_shows_defaults_and_beam_options(command: str) -> None:
     for expected in (
         "(default: minishlab/potion-base-8M)",
         "--text-column NAME column (Parquet) or field (JSONL) with the text to embed (default: text)",
-        "(default: id)",
-        "(default: 1024)",
+        "(default: id;",
+        "(default: 50000)",
         "(default: --byte-stream-split)",
         "Every other argument is an Apache Beam pipeline option",
         "--runner DataflowRunner",
@@ -123,7 +123,7 @@ def test_underscore_spellings_are_ours_and_unknown_arguments_are_named(tmp_path:
         *("--foo_bar", "3", "--direct_num_wrkers", "1"),
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((out / "_manifest.json").read_text(encoding="utf-8"))
     assert manifest["rows"] == {"read": 300, "embedded": 300, "failed": 0}
     written = pq.read_table(next(out.glob("part-*.parquet")))
     assert written.column_names[0] == "doc_id"

@@ -187,7 +187,7 @@ def test_valid_quantized_model_still_equals_model2vec(quantized: Path) -> None:
 # -- config values -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [-1, 0, "512", 512.0, 0.5, True, False, [512], {"tokens": 512}, 2**70 * -1])
+@pytest.mark.parametrize("value", [-1, "512", 512.0, 0.5, True, False, [512], {"tokens": 512}, 2**70 * -1])
 def test_bad_config_max_length_refused(model: Path, value: object) -> None:
     edit_json(model / "config.json", lambda config: config.update(max_length=value))
     assert_blames(refusal(model), model / "config.json", "max_length", json.dumps(value)[:10].strip('"'))
@@ -428,7 +428,6 @@ def test_matrix_file_paths_still_load(pristine: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("keyword", "value", "word"),
     [
-        ("max_length", 0, "max_length"),
         ("max_length", -1, "max_length"),
         ("max_length", "512", "max_length"),
         ("max_length", 1.5, "max_length"),

@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import beam_m2v
 from pipelines import embed, reembed
+from pipelines.inputs import InputError
 from pipelines.outputs import OutputError, RunRejected, check_output
 from tests.beam_helpers import free_port, wait_for_port
 from tests.conftest import REPO, corpus_table
@@ -143,8 +144,8 @@ def copy_output(source: Path, target: Path) -> Path:
 
 
 def all_failing_jsonl(path: Path, rows: int) -> Path:
-    """JSONL whose every line has a number for text: every row is a dead letter."""
-    return write_jsonl(path, [{"id": i, "text": i * 7} for i in range(rows)])
+    """JSONL whose every text holds a lone surrogate (written as a JSON escape): every row is a dead letter."""
+    return write_jsonl(path, [{"id": i, "text": f"text {i} \ud800"} for i in range(rows)])
 
 
 # -- what --output may be --------------------------------------------------------------------------
@@ -377,7 +378,7 @@ def test_a_run_where_every_row_failed_does_not_replace_the_output(finished_outpu
     assert f"{out} was not replaced" in line and str(kept / "_failed") in line, line
     letters = [json.loads(x) for path in (kept / "_failed").glob("*.jsonl") for x in path.read_text().splitlines()]
     assert sorted(letter["id"] for letter in letters) == list(range(250))
-    assert {letter["error_type"] for letter in letters} == {"NotAString"}
+    assert {letter["error_type"] for letter in letters} == {"InvalidUnicode"}
     manifest = json.loads((kept / "_manifest.json").read_text())
     assert manifest["published"] is False and "250 of 250 rows failed" in manifest["rejected_because"]
     assert manifest["rows"] == {"read": 250, "embedded": 0, "failed": 250}
@@ -403,12 +404,12 @@ def test_the_threshold_is_a_limit_on_the_failed_fraction(model_64_path, model, t
     assert np.array_equal(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected)
 
 
-def test_a_run_that_read_no_rows_is_not_published(finished_output, model_64_path, tmp_path):
+def test_an_input_without_rows_is_refused_at_start_up(finished_output, model_64_path, tmp_path):
     out = copy_output(finished_output, tmp_path / "vectors")
     before = tree_state(out)
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}), empty)
-    with pytest.raises(RunRejected, match="no rows were read from the input"):
+    with pytest.raises(InputError, match="the input has no rows"):
         embed.run(["--input", str(empty), "--output", str(out), *model_args(model_64_path)])
     assert tree_state(out) == before
 
@@ -705,3 +706,15 @@ def test_object_store_outputs_are_checked_replaced_and_rejected(store, small_inp
         assert any(".vectors.staging-0123456789ab" in record.getMessage() for record in caplog.records)
     finally:
         FileSystems.set_options(previous_options)
+
+
+def test_a_dead_letter_with_bytes_and_lone_surrogates_is_still_one_json_line():
+    from beam_m2v.transforms.dead_letters import FailedElement
+    from pipelines.outputs import dead_letter_json
+
+    element = {"id": b"\xff", "text": "\udc80", "__source": b"part-1.parquet", "__position": 3}
+    line = dead_letter_json(FailedElement(element=element, error_type="InvalidUtf8", reason="bad \udc80"), "id", "text")
+    record = json.loads(line)
+    line.encode("utf-8")  # writable as UTF-8
+    assert record["source"] == "part-1.parquet" and record["position"] == 3
+    assert record["error_type"] == "InvalidUtf8" and "\n" not in line

@@ -504,7 +504,7 @@ def test_an_output_whose_manifest_says_seed_is_reused_by_static_backend(
     model = ["--model", str(raw), "--dim", "64"]
     first = embed.run([*s.args(s.input1, day1), *model])
     assert first["semantics"] == "static_backend"
-    manifest_path = day1 / "manifest.json"
+    manifest_path = day1 / "_manifest.json"
     old = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest_path.write_text(json.dumps({**old, "semantics": "seed"}), encoding="utf-8")
 
