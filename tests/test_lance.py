@@ -39,10 +39,10 @@ from beam_m2v.transforms.lance_write import (
 from pipelines import cli, embed, reembed
 from pipelines.content_hash import text_hashes
 from pipelines.lance_steps import RUNS_DIR
-from tests.beam_helpers import fn_api_pipeline, free_port, wait_for_port
+from tests.beam_helpers import fn_api_pipeline
 from tests.conftest import REPO, SAMPLE_PARQUET, corpus_table
 from tests.test_pipeline_reembed import KEEP, corpus_slice, write_parquet
-from tests.test_remote_models import KEY_ID, S3, SECRET
+from tests.test_remote_models import KEY_ID, S3, SECRET, moto_server
 
 lance = pytest.importorskip("lance")
 
@@ -528,28 +528,8 @@ LANCE_BUCKET = "beam-m2v-lance"
 @pytest.fixture(scope="module")
 def lance_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     """moto's S3 server on a free loopback port, with an empty bucket, recording requests on demand."""
-    import boto3
-
-    scratch = tmp_path_factory.mktemp("moto-lance")
-    port = free_port()
-    server = S3(f"http://127.0.0.1:{port}", scratch / "recording.jsonl")
-    server.recording.touch()
-    process = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(server.recording)},
-    )
-    try:
-        wait_for_port(port, process, "moto_server")
-        server.client = boto3.client(
-            "s3", endpoint_url=server.endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET
-        )
-        server.client.create_bucket(Bucket=LANCE_BUCKET)
+    with moto_server(tmp_path_factory.mktemp("moto-lance"), LANCE_BUCKET) as server:
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def s3_storage(server: S3) -> dict[str, str]:

@@ -33,10 +33,9 @@ import beam_m2v
 from pipelines import embed, reembed
 from pipelines.inputs import InputError
 from pipelines.outputs import OutputError, RunRejected, check_output
-from tests.beam_helpers import free_port, wait_for_port
 from tests.conftest import REPO, corpus_table
 from tests.test_pipeline_embed import run_command, subprocess_env
-from tests.test_remote_models import BUCKET, KEY_ID, S3, SECRET
+from tests.test_remote_models import BUCKET, S3, moto_server
 
 CONSOLE = Path(sys.executable).parent / "beam-m2v"
 
@@ -635,29 +634,8 @@ def test_the_cron_recipe_embeds_the_first_night_and_reembeds_later(model_64_path
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     """moto's S3 server on a free loopback port with an empty bucket."""
-    import boto3
-
-    port = free_port()
-    server = S3(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("moto") / "recording.jsonl")
-    process = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process, "moto_server")
-        server.client = boto3.client(
-            "s3",
-            endpoint_url=server.endpoint,
-            aws_access_key_id=KEY_ID,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )
-        server.client.create_bucket(Bucket=BUCKET)
+    with moto_server(tmp_path_factory.mktemp("moto"), BUCKET) as server:
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def objects(store: S3, prefix: str) -> dict[str, str]:

@@ -117,12 +117,11 @@ def local_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path, model_256_path: Path) -> Iterator[S3]:
-    """moto's S3 server on a free loopback port, with the test models uploaded under several prefixes."""
+@contextlib.contextmanager
+def moto_server(scratch: Path, bucket: str) -> Iterator[S3]:
+    """moto's S3 server on a free loopback port with an empty ``bucket``, recording requests on demand."""
     import boto3
 
-    scratch = tmp_path_factory.mktemp("moto")
     port = free_port()
     server = S3(f"http://127.0.0.1:{port}", scratch / "recording.jsonl")
     server.recording.touch()
@@ -141,7 +140,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path, model_256_path
             aws_secret_access_key=SECRET,
             region_name="us-east-1",
         )
-        server.client.create_bucket(Bucket=BUCKET)
+        server.client.create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path, model_256_path: Path) -> Iterator[S3]:
+    """moto's S3 server with the test models uploaded under several prefixes."""
+    with moto_server(tmp_path_factory.mktemp("moto"), BUCKET) as server:
         server.put_folder("m64", MODEL_64)
         server.put_folder("m256", model_256_path)
         server.put_folder("raw", local_raw, ("vocab_matrix.bin", "tokenizer.json"))
@@ -165,13 +178,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory, local_raw: Path, model_256_path
         all_sums = "".join(f"{sha256_of(MODEL_64 / name)}  {name}\n" for name in every_file)
         server.put("all-sums/SHA256SUMS", all_sums.encode())
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
