@@ -51,8 +51,8 @@ def tally(name: str) -> Any:
     return beam.Map(lambda element: (name, element.num_rows if isinstance(element, pa.Table) else 1))
 
 
-class ReadFragmentKeys(beam.DoFn):  # type: ignore[misc]
-    """Read the key columns of one fragment of a dataset version, with each row's address."""
+class _VersionReader(beam.DoFn):  # type: ignore[misc]
+    """A DoFn that reads ``columns`` of one version of a dataset, opened once per DoFn instance."""
 
     def __init__(self, target: LanceTarget, version: int, columns: Sequence[str]) -> None:
         self._target = target
@@ -60,8 +60,12 @@ class ReadFragmentKeys(beam.DoFn):  # type: ignore[misc]
         self._columns = list(columns)
 
     def setup(self) -> None:
-        """Open the dataset at the version being re-embedded."""
+        """Open the dataset at the version read from."""
         self._dataset = self._target.open(self._version)
+
+
+class ReadFragmentKeys(_VersionReader):
+    """Read the key columns of one fragment of a dataset version, with each row's address."""
 
     def process(self, fragment_id: int) -> Iterator[pa.Table]:
         """The fragment's ``columns`` and ``_rowaddr`` (deleted rows excluded)."""
@@ -201,17 +205,8 @@ class ReconcileBucket(beam.DoFn):  # type: ignore[misc]
             yield beam.pvalue.TaggedOutput(COPIES, pa.table({ROW_ADDRESS: pa.array(repeated, pa.uint64())}))
 
 
-class CopyRows(beam.DoFn):  # type: ignore[misc]
+class CopyRows(_VersionReader):
     """Read the rows (all output columns) at given addresses of one fragment, repeated as often as asked."""
-
-    def __init__(self, target: LanceTarget, version: int, columns: Sequence[str]) -> None:
-        self._target = target
-        self._version = version
-        self._columns = list(columns)
-
-    def setup(self) -> None:
-        """Open the dataset at the version the copies are made from."""
-        self._dataset = self._target.open(self._version)
 
     def process(self, item: tuple[int, Sequence[np.ndarray]]) -> Iterator[pa.Table]:
         """One table with a row per requested offset (repeats included)."""
