@@ -19,7 +19,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import BeamAssertException
+from apache_beam.testing.util import BeamAssertException, assert_that
 
 from beam_m2v.transforms.metrics import NAMESPACE
 
@@ -47,22 +47,71 @@ def vector_digest(vector: Any) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(vector, dtype=np.float32).tobytes(), digest_size=16).digest()
 
 
-def vectors_match(expected: dict[str, np.ndarray]) -> Any:
-    """A matcher for (text, vector) pairs: every text present once with exactly its expected vector.
+def text_digest(text: str) -> bytes:
+    """A short digest of a text, so huge texts need not travel through the assertion's shuffle."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    The matcher is pickled into the pipeline (and compressed by Beam), so it carries digests
-    of the expected vectors rather than the vectors themselves.
+
+def vector_digests(expected: dict[str, np.ndarray]) -> list[tuple[bytes, bytes]]:
+    """The (text digest, vector digest) pairs of expected vectors, sorted."""
+    return sorted((text_digest(text), vector_digest(vector)) for text, vector in expected.items())
+
+
+def assert_vectors(embedded: beam.PCollection, expected: dict[str, np.ndarray], label: str = "Vectors") -> None:
+    """Assert that ``embedded`` (text, vector) pairs hold every expected text once, each with exactly its vector.
+
+    Only digests travel through the assertion's shuffle and are pickled into the pipeline, so a
+    10 MB text or thousands of vectors cost no more than a short string.
     """
-    digests = {text: vector_digest(vector) for text, vector in expected.items()}
+    wanted = vector_digests(expected)
 
-    def check(actual: list[tuple[str, Any]]) -> None:
-        if sorted(text for text, _ in actual) != sorted(digests):
-            raise BeamAssertException(f"texts differ: {len(actual)} out, {len(digests)} expected")
-        for text, vector in actual:
-            if vector_digest(vector) != digests[text]:
-                raise BeamAssertException(f"vector differs for {text[:60]!r}")
+    def check(actual: list[tuple[bytes, bytes]]) -> None:
+        got = sorted(actual)
+        if got != wanted:
+            texts = {text for text, _ in wanted}
+            missing = len(texts - {text for text, _ in got})
+            raise BeamAssertException(
+                f"{len(got)} (text, vector) pairs out for {len(wanted)} expected: "
+                f"{missing} texts missing, {len(set(got) - set(wanted))} pairs unexpected"
+            )
 
-    return check
+    digests = embedded | f"{label}Digests" >> beam.Map(lambda pair: (text_digest(pair[0]), vector_digest(pair[1])))
+    assert_that(digests, check, label=label)
+
+
+class WriteDigests(beam.DoFn):  # type: ignore[misc]
+    """Writes each bundle's (text digest, vector digest) pairs to a file of its own in ``folder``.
+
+    For runs whose assertion must not shuffle: FnApiRunner with several workers in
+    multi_threading mode can garble the Flatten inside ``assert_that`` (apache/beam#21104).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def start_bundle(self) -> None:
+        self.pairs: list[tuple[bytes, bytes]] = []
+
+    def process(self, pair: tuple[str, Any]) -> None:
+        self.pairs.append((text_digest(pair[0]), vector_digest(pair[1])))
+
+    def finish_bundle(self) -> None:
+        import pickle
+        import uuid
+
+        with open(os.path.join(self.folder, uuid.uuid4().hex), "wb") as out:
+            pickle.dump(self.pairs, out)
+
+
+def read_digests(folder: Path) -> list[tuple[bytes, bytes]]:
+    """All pairs written by ``WriteDigests`` into ``folder``, sorted."""
+    import pickle
+
+    pairs: list[tuple[bytes, bytes]] = []
+    for path in folder.iterdir():
+        with open(path, "rb") as file:
+            pairs.extend(pickle.load(file))
+    return sorted(pairs)
 
 
 def free_port() -> int:

@@ -10,7 +10,15 @@ import pytest
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 import beam_m2v
-from tests.beam_helpers import counter, fn_api_pipeline, private_model_copy, vectors_match
+from tests.beam_helpers import (
+    WriteDigests,
+    assert_vectors,
+    counter,
+    fn_api_pipeline,
+    private_model_copy,
+    read_digests,
+    vector_digests,
+)
 
 
 class Doc(NamedTuple):
@@ -28,7 +36,7 @@ def test_bare_strings_equal_encode(model_64, model_64_path, corpus_texts):
     expected = dict(zip(texts, model_64.encode(texts), strict=True))
     with fn_api_pipeline() as p:
         result = p | beam.Create(texts) | beam_m2v.EmbedText(str(model_64_path), batch_size=500)
-        assert_that(result.embedded, vectors_match(expected))
+        assert_vectors(result.embedded, expected)
         assert_that(result.failed, equal_to([]), label="NoFailures")
 
 
@@ -73,8 +81,13 @@ def test_dead_letters_account_for_every_element(model_64, model_64_path):
     expected = dict(zip(good, model_64.encode(good), strict=True))
     assert not expected[""].any() and not expected["   "].any()
     with fn_api_pipeline() as p:
-        result = p | beam.Create(good + bad) | beam_m2v.EmbedText(str(model_64_path), batch_size=4)
-        assert_that(result.embedded, vectors_match(expected))
+        # The 10 MB text is made on the worker: in beam.Create it would be pickled and bz2-compressed
+        # into the pipeline graph (7 s), which is not what this tests.
+        made = p | "HugeSize" >> beam.Create([len(huge) // 5]) | "MakeHuge" >> beam.Map(lambda n: "word " * n)
+        others = p | beam.Create([text for text in good if text is not huge] + bad)
+        elements = (made, others) | beam.Flatten()
+        result = elements | beam_m2v.EmbedText(str(model_64_path), batch_size=4)
+        assert_vectors(result.embedded, expected)
 
         def check_failed(failed):
             if len(failed) != len(bad):
@@ -106,13 +119,18 @@ def test_multi_threading_loads_once(model_64_path, corpus_texts, tmp_path):
     model_path = private_model_copy(model_64_path, tmp_path)
     texts = corpus_texts[:4000]
     expected = dict(zip(texts, beam_m2v.load_model(model_path).encode(texts), strict=True))
+    out = tmp_path / "digests"
+    out.mkdir()
     p = fn_api_pipeline("--direct_num_workers=8", "--direct_running_mode=multi_threading")
     result = (
         p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=64, min_batch_size=64)
     )
-    assert_that(result.embedded, vectors_match(expected))
+    # Checked through files, not assert_that: its Flatten is garbled now and then by FnApiRunner
+    # with several workers in multi_threading mode (apache/beam#21104), which is not what this tests.
+    _ = result.embedded | beam.ParDo(WriteDigests(str(out)))
     run = p.run()
     run.wait_until_finish()
+    assert read_digests(out) == vector_digests(expected)
     assert counter(run, "model_loads") == 1
     assert counter(run, "texts_embedded") == len(texts)
 
@@ -134,7 +152,7 @@ def test_multi_processing_loads_once_per_process(model_64_path, corpus_texts, tm
     embedded, _ = (
         p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=20, min_batch_size=20)
     )
-    assert_that(embedded | beam.Map(note_pid), vectors_match(expected))
+    assert_vectors(embedded | beam.Map(note_pid), expected)
     run = p.run()
     run.wait_until_finish()
     processes = len(list(pid_dir.iterdir()))

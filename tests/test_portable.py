@@ -9,7 +9,7 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.testing.util import assert_that, equal_to
 
 import beam_m2v
-from tests.beam_helpers import beam_worker_pool, counter, private_model_copy, vectors_match
+from tests.beam_helpers import assert_vectors, beam_worker_pool, counter, private_model_copy
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_portable_runner_with_external_workers(worker_pool, model_64_path, corpu
     embedded, failed = (
         p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=50, min_batch_size=50)
     )
-    assert_that(embedded, vectors_match(expected))
+    assert_vectors(embedded, expected)
     assert_that(failed, equal_to([]), label="NoFailures")
     result = p.run()
     assert result.wait_until_finish(duration=300_000) == PipelineState.DONE

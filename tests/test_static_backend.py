@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 import beam_m2v
 from beam_m2v import ModelLoadError, Semantics
-from tests.beam_helpers import fn_api_pipeline, vectors_match
+from tests.beam_helpers import assert_vectors, fn_api_pipeline
 from tests.tiny_models import populate_hub_cache
 
 ATOL = 1e-6
@@ -478,14 +478,14 @@ def test_embed_text_carries_the_semantics(raw_minilm: Path, corpus_texts: list[s
         pcoll = p | beam.Create(texts)
         backend = pcoll | "StaticBackend" >> backend_transform
         model2vec = pcoll | "Model2Vec" >> model2vec_transform
-        assert_that(
+        assert_vectors(
             backend.embedded,
-            vectors_match(dict(zip(texts, backend_vectors, strict=True))),
+            dict(zip(texts, backend_vectors, strict=True)),
             label="StaticBackendVectors",
         )
-        assert_that(
+        assert_vectors(
             model2vec.embedded,
-            vectors_match(dict(zip(texts, model2vec_vectors, strict=True))),
+            dict(zip(texts, model2vec_vectors, strict=True)),
             label="Model2VecVectors",
         )
         assert_that(backend.failed, equal_to([]), label="StaticBackendNoFailures")
