@@ -117,13 +117,13 @@ def test_missing_and_null_fields_are_dead_letters(model_64_path):
 
 def test_multi_threading_loads_once(model_64_path, corpus_texts, tmp_path):
     model_path = private_model_copy(model_64_path, tmp_path)
-    texts = corpus_texts[:4000]
+    texts = corpus_texts[:1000]
     expected = dict(zip(texts, beam_m2v.load_model(model_path).encode(texts), strict=True))
     out = tmp_path / "digests"
     out.mkdir()
     p = fn_api_pipeline("--direct_num_workers=8", "--direct_running_mode=multi_threading")
     result = (
-        p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=64, min_batch_size=64)
+        p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=16, min_batch_size=16)
     )
     # Checked through files, not assert_that: its Flatten is garbled now and then by FnApiRunner
     # with several workers in multi_threading mode (apache/beam#21104), which is not what this tests.
@@ -137,7 +137,7 @@ def test_multi_threading_loads_once(model_64_path, corpus_texts, tmp_path):
 
 def test_multi_processing_loads_once_per_process(model_64_path, corpus_texts, tmp_path):
     model_path = private_model_copy(model_64_path, tmp_path)
-    texts = corpus_texts[:2000]
+    texts = corpus_texts[:600]
     expected = dict(zip(texts, beam_m2v.load_model(model_path).encode(texts), strict=True))
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
