@@ -24,7 +24,6 @@ from beam_m2v.errors import InvalidTextError
 from beam_m2v.piece_tokenization import piece_token_ids
 from beam_m2v.pooling import VocabularyMatrix, mean_pool, static_backend_pool
 from beam_m2v.sources import ModelFiles, content_fingerprint
-from beam_m2v.text_checks import first_invalid_text
 from beam_m2v.thread_budget import process_budget
 from beam_m2v.token_ids import TokenIds, flatten_ids, keep_ids, truncate_ids
 from beam_m2v.tokenization import PreparedTokenizer
@@ -160,7 +159,7 @@ class StaticEmbedder:
         try:
             id_lists = [encoding.ids for encoding in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
         except Exception:
-            invalid = first_invalid_text(texts)
+            invalid = InvalidTextError.first_in(texts)
             if invalid is not None:
                 raise invalid from None
             if self.settings.semantics is not Semantics.STATIC_BACKEND:
@@ -295,7 +294,7 @@ def arrow_texts(texts: Sequence[object]) -> pa.Array:
             return pa.array(texts, type=pa.large_string())
         except (pa.ArrowException, UnicodeError):
             pass
-    invalid = first_invalid_text(texts)
+    invalid = InvalidTextError.first_in(texts)
     if invalid is not None:
         raise invalid
     return pa.array([str(text) for text in texts], type=pa.large_string())
