@@ -116,7 +116,7 @@ def _normalizer_is_character_wise(
 
 
 def _pre_tokenizer_splits_at_whitespace(pre_tokenizer: dict[str, Any] | None) -> bool:
-    """A whitespace splitter, alone or in a sequence with only within-word splits."""
+    """A whitespace splitter, alone or in a sequence with only within-piece splits."""
     if pre_tokenizer is None:
         return False
     if pre_tokenizer.get("type") != "Sequence":
