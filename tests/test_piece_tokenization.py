@@ -280,3 +280,20 @@ def test_character_cut_counts_characters_like_python_slicing():
     for limit in (0, 1, 3, 5, 100):
         assert cut_characters(pa.array(texts), limit).to_pylist() == [text[:limit] for text in texts]
     assert cut_characters(pa.array(texts), None).to_pylist() == texts
+
+
+def test_text_to_ids_entries_agree_and_compose_from_public_steps(model_64_path, corpus_texts):
+    """of_texts, of_array and the steps bench/piece_replay.py times one by one give the same ids."""
+    from beam_m2v.text_to_ids import cut_characters
+
+    text_to_ids = load_model(model_64_path, max_length=16).text_to_ids
+    texts = corpus_texts[:500] + random_texts(100, 3)
+    array = pa.array(texts, type=pa.large_string())
+    from_list, from_array = text_to_ids.of_texts(texts), text_to_ids.of_array(array)
+    assert np.array_equal(from_list.ids, from_array.ids) and np.array_equal(from_list.offsets, from_array.offsets)
+    cache = text_to_ids.prepared.piece_cache
+    assert cache is not None and text_to_ids.char_limit is not None
+    cut = cut_characters(array, text_to_ids.char_limit)
+    stepped = text_to_ids.apply_rules(piece_token_ids(cut, PieceCache(cache.tokenizer, cache.punctuation)))
+    assert np.array_equal(stepped.ids, from_array.ids) and np.array_equal(stepped.offsets, from_array.offsets)
+    assert int(from_array.lengths.max()) == 16  # the rules applied: truncated to max_length
