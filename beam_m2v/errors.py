@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from beam_m2v.text_checks import find_text_problem
+
 
 class ModelLoadError(ValueError):
     """A model could not be loaded: names the file (or source) and what is wrong with it."""
@@ -27,6 +31,15 @@ class InvalidTextError(ValueError):
     def __reduce__(self) -> tuple[type[InvalidTextError], tuple[int, str]]:
         """Pickle with both fields (RunInference's failed batches carry this error across processes)."""
         return (type(self), (self.index, self.reason))
+
+    @classmethod
+    def first_in(cls, texts: Sequence[object]) -> InvalidTextError | None:
+        """The error for the first element of ``texts`` that is not valid text (``find_text_problem``), or None."""
+        for index, value in enumerate(texts):
+            problem = find_text_problem(value)
+            if problem is not None:
+                return cls(index, problem.reason)
+        return None
 
 
 class MissingDependencyError(ImportError):

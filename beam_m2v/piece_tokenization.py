@@ -3,7 +3,7 @@ r"""How text becomes token ids, fast: each distinct whitespace-separated piece o
 For a tokenizer whose normalizer works character by character and whose pre-tokenizer splits
 at whitespace and drops it (BERT-style WordPiece: the usual model2vec model), a text's ids are
 exactly the ids of its pieces between ``" "``, ``"\t"``, ``"\n"`` and ``"\r"``, one piece after
-the other. Text repeats its words: 50,000 paragraphs of the Linux docs hold 1.1 million pieces
+the other. Text repeats its pieces: 50,000 paragraphs of the Linux docs hold 1.1 million pieces
 but only 75,000 distinct ones. So the pieces are split and deduplicated in Arrow, each distinct
 piece is tokenized once (as one word of pre-tokenized input, so alone, with every rule the
 tokenizer applies to a word: normalizer, added tokens, pre-tokenizer, model), and numpy gathers
@@ -11,13 +11,14 @@ the ids back per occurrence. The result is the tokenizer's own output, at a frac
 
 ``splits_into_independent_pieces`` decides from the tokenizer's configuration whether this holds;
 any other tokenizer goes through the tokenizer text by text. For BERT's own pre-tokenizer, which
-cuts every ASCII punctuation character out as a word of its own, new pieces are cut there too
+cuts every ASCII punctuation character out as a piece of its own, new pieces are cut there too
 before tokenizing (``punctuation_split_characters``): ``"driver's"``, ``"(see"`` and
-``"drivers/net/foo.c"`` then share their parts, and the corpus's 172,000 distinct pieces
-(1.9 million characters) become 70,000 parts (0.46 million characters) for the tokenizer.
+``"drivers/net/foo.c"`` then share their smaller pieces, and the corpus's 172,000 distinct pieces
+(1.9 million characters) become 70,000 smaller ones (0.46 million characters) for the tokenizer.
 
-A ``PieceCache`` remembers the ids of the pieces (and parts) already tokenized (half of a
-slice's distinct pieces were seen in an earlier slice of the same corpus), up to a fixed number.
+A ``PieceCache`` belongs to one tokenizer and remembers the ids of the pieces (and smaller pieces)
+it has tokenized (half of a batch's distinct pieces were seen in an earlier batch of the same
+corpus), up to a fixed number.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ from tokenizers import Tokenizer
 
 from beam_m2v.token_ids import TokenIds
 
-#: Characters every eligible tokenizer treats as a word boundary that yields no token.
+#: Characters every eligible tokenizer treats as a piece boundary that yields no token.
 PIECE_SEPARATORS = " \t\n\r"
 
 #: Distinct pieces per tokenizer input (one pre-tokenized "sentence"): fewer, larger inputs are cheaper.
@@ -80,7 +82,7 @@ def splits_into_independent_pieces(tokenizer: Tokenizer, config: dict[str, Any] 
 def punctuation_split_characters(tokenizer: Tokenizer, config: dict[str, Any] | None = None) -> str:
     """ASCII punctuation characters at which a piece may be cut as well, without changing its ids; or "".
 
-    ``BertPreTokenizer`` makes every ASCII punctuation character a word of its own, so cutting
+    ``BertPreTokenizer`` makes every ASCII punctuation character a piece of its own, so cutting
     a piece before and after one changes nothing, provided that: the pieces are independent
     (``splits_into_independent_pieces``); the pre-tokenizer is exactly ``BertPreTokenizer``
     (``Whitespace`` keeps ``"..."`` together); no normalizer composes characters (NFC and
@@ -109,52 +111,63 @@ def _normalizer_is_character_wise(
     if normalizer is None:
         return True
     if normalizer.get("type") == "Sequence":
-        return all(_normalizer_is_character_wise(part, allowed) for part in normalizer.get("normalizers", []))
+        return all(_normalizer_is_character_wise(member, allowed) for member in normalizer.get("normalizers", []))
     return normalizer.get("type") in allowed
 
 
 def _pre_tokenizer_splits_at_whitespace(pre_tokenizer: dict[str, Any] | None) -> bool:
-    """A whitespace splitter, alone or in a sequence with only within-word splits."""
+    """A whitespace splitter, alone or in a sequence with only within-piece splits."""
     if pre_tokenizer is None:
         return False
     if pre_tokenizer.get("type") != "Sequence":
         return pre_tokenizer.get("type") in _WHITESPACE_SPLITTERS
-    parts = pre_tokenizer.get("pretokenizers", [])
+    members = pre_tokenizer.get("pretokenizers", [])
     within_word = all(
-        part.get("type") in _WHITESPACE_SPLITTERS
-        or part.get("type") == "Digits"
-        or (part.get("type") == "Punctuation" and part.get("behavior", "Isolated") == "Isolated")
-        for part in parts
+        member.get("type") in _WHITESPACE_SPLITTERS
+        or member.get("type") == "Digits"
+        or (member.get("type") == "Punctuation" and member.get("behavior", "Isolated") == "Isolated")
+        for member in members
     )
-    return within_word and any(part.get("type") in _WHITESPACE_SPLITTERS for part in parts)
+    return within_word and any(member.get("type") in _WHITESPACE_SPLITTERS for member in members)
+
+
+class PieceTokenizingError(RuntimeError):
+    """The tokenizer failed on the pieces of a batch, or returned their tokens out of order."""
 
 
 class PieceCache:
-    """The token ids of pieces already tokenized, for one tokenizer; shared by every thread, bounded.
+    """The token ids of pieces already tokenized by one tokenizer; shared by every thread, bounded.
 
-    Ids are kept as int32 bytes (compact, and joined in one call). Once ``max_pieces`` are
-    kept no more are added: the frequent pieces of a corpus come early. Concurrent lookups
-    are safe (dict operations are atomic); two threads may tokenize the same new piece.
+    ``punctuation`` (``punctuation_split_characters`` of ``tokenizer``, or "" not to cut there):
+    a new piece is cut at those characters into smaller pieces, which are looked up here, or
+    tokenized, in turn. Ids are kept as int32 bytes (compact, and joined in one call). Once
+    ``max_pieces`` are kept no more are added: the frequent pieces of a corpus come early
+    (``max_pieces=0`` keeps none). Concurrent lookups are safe (dict operations are atomic); two
+    threads may tokenize the same new piece.
     """
 
-    def __init__(self, max_pieces: int = CACHED_PIECES) -> None:
+    def __init__(self, tokenizer: Tokenizer, punctuation: str = "", max_pieces: int = CACHED_PIECES) -> None:
+        self.tokenizer = tokenizer
+        self.punctuation = punctuation
         self.max_pieces = max_pieces
         self._ids: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def ids_of(self, tokenizer: Tokenizer, pieces: list[str], punctuation: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """Ids of each piece (flat, with offsets), tokenizing only those not seen before.
+    def ids_of(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of each piece (flat, with offsets), tokenizing only those not seen before."""
+        return self._ids_of(pieces, self._new_piece_ids)
 
-        With ``punctuation`` (``punctuation_split_characters`` of ``tokenizer``), a new piece is
-        cut at those characters and its parts are looked up here, or tokenized, in turn.
-        """
+    def _ids_of(
+        self, pieces: list[str], tokenize: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of each piece, from the cache or from ``tokenize`` (of the pieces not seen before)."""
         found: list[bytes | None] = list(map(self._ids.get, pieces))
         missing = [index for index, ids in enumerate(found) if ids is None]
         if missing:
             new_pieces = [pieces[index] for index in missing]
-            ids, offsets = _new_piece_ids(tokenizer, new_pieces, punctuation, self)
+            ids, offsets = tokenize(new_pieces)
             raw = ids.astype("<i4").tobytes()
             bounds = (offsets * 4).tolist()
             new_ids = [raw[start:end] for start, end in itertools.pairwise(bounds)]
@@ -162,10 +175,23 @@ class PieceCache:
                 found[index] = piece_ids
             room = max(0, self.max_pieces - len(self._ids))
             self._ids.update(zip(new_pieces[:room], new_ids[:room], strict=True))
-        chunks: list[bytes] = found  # type: ignore[assignment]  # every entry is filled now
-        offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks)) // 4, out=offsets[1:])
-        return np.frombuffer(b"".join(chunks), dtype="<i4").astype(np.int32), offsets
+        id_bytes: list[bytes] = found  # type: ignore[assignment]  # every entry is filled now
+        offsets = np.zeros(len(id_bytes) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, id_bytes), dtype=np.int64, count=len(id_bytes)) // 4, out=offsets[1:])
+        return np.frombuffer(b"".join(id_bytes), dtype="<i4").astype(np.int32), offsets
+
+    def _new_piece_ids(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of pieces not in the cache: tokenized alone, or as the smaller pieces between ``punctuation``."""
+        if not self.punctuation:
+            return self._tokenize(pieces)
+        smaller = split_at_punctuation(pieces, self.punctuation)
+        smaller_ids, smaller_offsets = self._ids_of(smaller.distinct, self._tokenize)
+        piece_ids = gather_piece_ids(smaller, smaller_ids, smaller_offsets)
+        return piece_ids.ids.astype(np.int32, copy=False), piece_ids.offsets
+
+    def _tokenize(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of pieces tokenized alone (not cut at punctuation)."""
+        return _distinct_piece_ids(self.tokenizer, pieces)
 
 
 @dataclass(frozen=True)
@@ -207,13 +233,13 @@ def gather_piece_ids(split: SplitTexts, distinct_ids: np.ndarray, distinct_offse
 
 
 def split_at_punctuation(pieces: list[str], punctuation: str) -> SplitTexts:
-    """Cut every piece before and after each character of ``punctuation`` and deduplicate the parts."""
+    """Cut every piece before and after each character of ``punctuation``; deduplicate the smaller pieces."""
     spaced = pc.replace_substring_regex(
         pa.array(pieces, pa.string()), "([" + "".join("\\" + character for character in punctuation) + "])", r" \1 "
     )
-    parts = pc.split_pattern(spaced, " ")  # pieces hold no spaces: every space here is a cut
-    list_offsets = parts.offsets.to_numpy()
-    flat = parts.flatten()
+    smaller = pc.split_pattern(spaced, " ")  # pieces hold no spaces: every space here is a cut
+    list_offsets = smaller.offsets.to_numpy()
+    flat = smaller.flatten()
     non_empty = pc.not_equal(pc.binary_length(flat), 0)
     kept_before = np.zeros(len(flat) + 1, dtype=np.int64)
     np.cumsum(non_empty.to_numpy(zero_copy_only=False), out=kept_before[1:])
@@ -225,53 +251,38 @@ def split_at_punctuation(pieces: list[str], punctuation: str) -> SplitTexts:
     )
 
 
-def piece_token_ids(
-    tokenizer: Tokenizer, texts: pa.Array, cache: PieceCache | None = None, punctuation: str = ""
-) -> TokenIds:
-    """The ids ``tokenizer.encode_batch(texts, add_special_tokens=False)`` gives, one flat array.
+def piece_token_ids(texts: pa.Array, cache: PieceCache) -> TokenIds:
+    """The ids ``cache.tokenizer.encode_batch(texts, add_special_tokens=False)`` gives, one flat array.
 
-    ``texts`` is a string or large_string array without nulls; ``tokenizer`` must pass
-    ``splits_into_independent_pieces``; ``cache`` (of this tokenizer) skips pieces seen before;
-    ``punctuation`` is ``punctuation_split_characters(tokenizer)`` (or "" not to cut there).
+    ``texts`` is a string or large_string array without nulls; the cache's tokenizer must pass
+    ``splits_into_independent_pieces``. PieceTokenizingError if the tokenizer fails on a piece.
     """
     if len(texts) == 0:
         return TokenIds(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
     split = split_texts(texts)
-    if cache is None:
-        distinct_ids, distinct_offsets = _new_piece_ids(tokenizer, split.distinct, punctuation, None)
-    else:
-        distinct_ids, distinct_offsets = cache.ids_of(tokenizer, split.distinct, punctuation)
+    distinct_ids, distinct_offsets = cache.ids_of(split.distinct)
     return gather_piece_ids(split, distinct_ids, distinct_offsets)
 
 
-def _new_piece_ids(
-    tokenizer: Tokenizer, pieces: list[str], punctuation: str, cache: PieceCache | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of pieces not in the cache: tokenized alone, or as their parts between ``punctuation``."""
-    if not punctuation:
-        return _distinct_piece_ids(tokenizer, pieces)
-    parts = split_at_punctuation(pieces, punctuation)
-    if cache is None:
-        part_ids, part_offsets = _distinct_piece_ids(tokenizer, parts.distinct)
-    else:
-        part_ids, part_offsets = cache.ids_of(tokenizer, parts.distinct)
-    piece_ids = gather_piece_ids(parts, part_ids, part_offsets)
-    return piece_ids.ids.astype(np.int32, copy=False), piece_ids.offsets
-
-
 def _distinct_piece_ids(tokenizer: Tokenizer, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize each piece alone: flat ids and offsets, piece ``k`` owning ``ids[offsets[k]:offsets[k + 1]]``."""
+    """Tokenize each piece alone: flat ids and offsets, piece ``k`` owning ``ids[offsets[k]:offsets[k + 1]]``.
+
+    PieceTokenizingError (with the tokenizer's own error as its cause) if the tokenizer fails.
+    """
     inputs = [pieces[start : start + PIECES_PER_INPUT] for start in range(0, len(pieces), PIECES_PER_INPUT)]
-    encodings = tokenizer.encode_batch(inputs, is_pretokenized=True, add_special_tokens=False)
-    id_parts = [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
-    piece_parts = [
+    try:
+        encodings = tokenizer.encode_batch(inputs, is_pretokenized=True, add_special_tokens=False)
+    except Exception as error:  # the tokenizer's own errors are plain Exceptions
+        raise PieceTokenizingError(f"the tokenizer failed on the pieces of a batch: {error}") from error
+    id_arrays = [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
+    owner_arrays = [
         np.asarray(encoding.word_ids, dtype=np.int64) + first
         for encoding, first in zip(encodings, range(0, len(pieces), PIECES_PER_INPUT), strict=True)
     ]
-    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=np.int32)
-    owners = np.concatenate(piece_parts) if piece_parts else np.zeros(0, dtype=np.int64)
+    ids = np.concatenate(id_arrays) if id_arrays else np.zeros(0, dtype=np.int32)
+    owners = np.concatenate(owner_arrays) if owner_arrays else np.zeros(0, dtype=np.int64)
     if owners.size and np.any(np.diff(owners) < 0):
-        raise RuntimeError("the tokenizer returned the tokens of pre-tokenized words out of order")
+        raise PieceTokenizingError("the tokenizer returned the tokens of pre-tokenized words out of order")
     offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(np.bincount(owners, minlength=len(pieces)), out=offsets[1:])
     return ids, offsets

@@ -1,11 +1,11 @@
-"""What makes a value unusable as text, checked the same way by every layer."""
+"""What makes a value unusable as text, checked the same way by every layer.
+
+``find_text_problem`` checks one value; ``InvalidTextError.first_in`` finds the first unusable text of a batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
-
-from beam_m2v.errors import InvalidTextError
 
 
 class TextProblem(NamedTuple):
@@ -35,19 +35,4 @@ def find_text_problem(value: object) -> TextProblem | None:
             f"text contains a lone surrogate U+{ord(value[error.start]):04X} at character {error.start}, "
             "which is not valid Unicode text",
         )
-    return None
-
-
-def text_problem(value: object) -> str | None:
-    """The readable reason ``value`` cannot be embedded as text, or None when it can."""
-    problem = find_text_problem(value)
-    return None if problem is None else problem.reason
-
-
-def first_invalid_text(texts: Sequence[object]) -> InvalidTextError | None:
-    """Return an error for the first element of ``texts`` that is not valid text, or None."""
-    for index, value in enumerate(texts):
-        problem = text_problem(value)
-        if problem is not None:
-            return InvalidTextError(index, problem)
     return None

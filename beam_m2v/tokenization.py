@@ -1,4 +1,4 @@
-"""How text becomes token ids: the tokenizer, configured once and never mutated afterwards.
+"""The tokenizer that turns text into token ids: a private copy, configured once and never mutated afterwards.
 
 model2vec switches truncation on one shared tokenizer for every ``encode`` call, which is
 unsafe when threads use different settings. Here each configuration gets its own tokenizer
@@ -69,11 +69,12 @@ def static_backend_tokenizer(tokenizer: Tokenizer) -> tuple[Tokenizer, tuple[int
     return copy, (int(multiple), int(padding["pad_id"])) if multiple else None
 
 
-def piece_settings(tokenizer: Tokenizer) -> tuple[bool, str]:
-    """Whether ``tokenizer`` may be called piece by piece, and the punctuation new pieces are cut at."""
+def piece_cache_of(tokenizer: Tokenizer) -> PieceCache | None:
+    """A new piece cache of ``tokenizer`` if it may be called piece by piece, else None."""
     config = tokenizer_config(tokenizer)
-    by_piece = splits_into_independent_pieces(tokenizer, config)
-    return by_piece, punctuation_split_characters(tokenizer, config) if by_piece else ""
+    if not splits_into_independent_pieces(tokenizer, config):
+        return None
+    return PieceCache(tokenizer, punctuation_split_characters(tokenizer, config))
 
 
 @dataclass(frozen=True)
@@ -89,30 +90,25 @@ class PreparedTokenizer:
     median_token_length: int
     pad_to_multiple_of: tuple[int, int] | None = None
     """``static_backend`` semantics: (multiple, pad id) to pad each text's ids to, as a single encode would."""
-    by_piece: bool = False
-    """Whether ids may be found piece by piece (``piece_tokenization``): same ids, much faster."""
-    piece_punctuation: str = ""
-    """ASCII punctuation at which new pieces are cut too (by_piece only; ``punctuation_split_characters``)."""
-    piece_cache: PieceCache = field(default_factory=PieceCache, compare=False, repr=False)
-    """Ids of the pieces seen so far (by_piece only), shared by every embedder of this tokenizer."""
+    piece_cache: PieceCache | None = field(default=None, compare=False, repr=False)
+    """Ids of the pieces seen so far, shared by every embedder of this tokenizer; None when the tokenizer
+    may not be called piece by piece (``piece_tokenization``)."""
+
+    @property
+    def by_piece(self) -> bool:
+        """Whether ids are found piece by piece (``piece_tokenization``): same ids, much faster."""
+        return self.piece_cache is not None
 
     @classmethod
     def for_model2vec(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """No padding, no truncation (done on the ids), unknown id and median length as model2vec finds them."""
         copy = model2vec_tokenizer(tokenizer)
-        by_piece, punctuation = piece_settings(copy)
-        return cls(
-            copy,
-            unknown_token_id(tokenizer),
-            median_token_length(tokenizer),
-            by_piece=by_piece,
-            piece_punctuation=punctuation,
-        )
+        return cls(copy, unknown_token_id(tokenizer), median_token_length(tokenizer), piece_cache=piece_cache_of(copy))
 
     @classmethod
     def for_static_backend(cls, tokenizer: Tokenizer) -> PreparedTokenizer:
         """The tokenizer as its file configures it (batch-safe); the StaticBackend drops no unknown ids."""
         copy, pad_to_multiple_of = static_backend_tokenizer(tokenizer)
         # Padding to a multiple is applied per text after tokenizing: it needs the text-by-text path.
-        by_piece, punctuation = piece_settings(copy) if pad_to_multiple_of is None else (False, "")
-        return cls(copy, None, 0, pad_to_multiple_of, by_piece=by_piece, piece_punctuation=punctuation)
+        piece_cache = piece_cache_of(copy) if pad_to_multiple_of is None else None
+        return cls(copy, None, 0, pad_to_multiple_of, piece_cache=piece_cache)

@@ -58,12 +58,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tokenizers
-from piece_replay import Stages, replay_slice
+from piece_replay import Stages, replay_batch
 from proc_memory import mapping_pss, smaps_rollup
 from tokenizers import Tokenizer
 
 import beam_m2v
-from beam_m2v.encoder import PIECE_SLICE, StaticEmbedder, vector_array
+from beam_m2v.encoder import PIECE_BATCH, StaticEmbedder, vector_array
 from beam_m2v.piece_tokenization import PieceCache
 from beam_m2v.pooling import sum_rows
 
@@ -181,7 +181,10 @@ def make_contenders(
 
 def fresh_cache(embedder: beam_m2v.StaticEmbedder) -> Any:
     """The embedder's prepared tokenizer with a new, empty piece cache."""
-    return dataclasses.replace(embedder._prepared, piece_cache=PieceCache())
+    prepared = embedder.text_to_ids.prepared
+    cache = prepared.piece_cache
+    new_cache = None if cache is None else PieceCache(cache.tokenizer, cache.punctuation)
+    return dataclasses.replace(prepared, piece_cache=new_cache)
 
 
 def run_throughput(
@@ -286,10 +289,11 @@ def profile_stages(
     still runs on rayon (both cores) as it does inside ``encode``. The piece cache starts empty.
     """
     settings, matrix = embedder.settings, embedder.matrix
-    if settings.semantics is not beam_m2v.Semantics.MODEL2VEC or not embedder._prepared.by_piece:
+    own_cache = embedder.text_to_ids.prepared.piece_cache
+    if settings.semantics is not beam_m2v.Semantics.MODEL2VEC or own_cache is None:
         print("(stage profile replays the piece-by-piece path with model2vec semantics; skipped)")
         return {}
-    cache = PieceCache()
+    cache = PieceCache(own_cache.tokenizer, own_cache.punctuation)
     stages = Stages()
     sum_rows_alone = Stages()
     gc.collect()
@@ -298,9 +302,9 @@ def profile_stages(
     with stages.stage("other: output array (allocated once, as encode does)"):
         vectors = np.empty((len(array), embedder.dim), dtype=np.float32)
     tokens, pieces, distinct = 0, 0, 0
-    for start in range(0, len(array), PIECE_SLICE):
-        texts = array.slice(start, PIECE_SLICE)
-        token_ids, split = replay_slice(embedder, texts, cache, stages, vectors[start : start + len(texts)])
+    for start in range(0, len(array), PIECE_BATCH):
+        texts = array.slice(start, PIECE_BATCH)
+        token_ids, split = replay_batch(embedder, texts, cache, stages, vectors[start : start + len(texts)])
         with sum_rows_alone.stage("sum_rows"):
             sum_rows(matrix, token_ids)
         tokens += int(token_ids.ids.size)
@@ -543,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"cpus {os.cpu_count()}, TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '<unset>')}, "
-        f"beam_m2v PIECE_SLICE {PIECE_SLICE} (piece path), repeats {args.repeats}"
+        f"beam_m2v PIECE_BATCH {PIECE_BATCH} (piece path), repeats {args.repeats}"
     )
 
     # Memory first: the children's PSS must not be shared with a mapping in this process.

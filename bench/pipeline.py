@@ -917,10 +917,10 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
 
 def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     """pipelines.embed's per-table work, replayed serially stage by stage on the same row groups."""
-    from piece_replay import Stages, replay_slice
+    from piece_replay import Stages, replay_batch
 
     from beam_m2v import load_model
-    from beam_m2v.encoder import PIECE_SLICE, vector_array
+    from beam_m2v.encoder import PIECE_BATCH, vector_array
     from beam_m2v.transforms.embed_tables import _row_problems
     from pipelines.content_hash import with_text_hash
     from pipelines.inputs import with_positions
@@ -928,8 +928,8 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     from pipelines.parquet_sink import VectorParquetSink
 
     embedder = load_model(model)
-    cache = embedder._prepared.piece_cache
-    assert embedder._prepared.by_piece, "the replay follows the piece-by-piece path"
+    cache = embedder.text_to_ids.prepared.piece_cache
+    assert cache is not None, "the replay follows the piece-by-piece path"
     reference = load_model(model)  # its own piece cache, so the check below does not warm the replay's
     parquet = pq.ParquetFile(source)
     schema = output_schema(parquet.schema_arrow, "id", (), embedder.dim, {"bench": "pipeline"})
@@ -954,9 +954,9 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
             column = table.column("text").combine_chunks()
             _row_problems(column)
         vectors = np.empty((len(column), embedder.dim), dtype=np.float32)  # as encode: one array per table
-        for start in range(0, len(column), PIECE_SLICE):
-            texts = column.slice(start, PIECE_SLICE)
-            replay_slice(embedder, texts, cache, stages, vectors[start : start + len(texts)])
+        for start in range(0, len(column), PIECE_BATCH):
+            texts = column.slice(start, PIECE_BATCH)
+            replay_batch(embedder, texts, cache, stages, vectors[start : start + len(texts)])
         with stages.stage("Arrow vector column (vector_array)"):
             embedded = table.append_column("embedding", vector_array(vectors))
         with stages.stage("metrics (empty-vector count)"):
@@ -976,7 +976,7 @@ def replay_stages(source: Path, model: Path, work: Path) -> dict[str, Any]:
     total = sum(stages.wall.values())
     print(
         f"serial replay of pipelines.embed's per-table work on the same {rows:,} rows "
-        f"({parquet.num_row_groups} row groups, slices of {PIECE_SLICE:,} texts, cold piece cache; tokenizer calls "
+        f"({parquet.num_row_groups} row groups, batches of {PIECE_BATCH:,} texts, cold piece cache; tokenizer calls "
         "on rayon, everything else one thread)"
     )
     print(f"{'stage':<66} {'wall s':>8} {'% sum':>7} {'cpu s':>8}")

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         model2vec_vectors = model2vec.encode(texts)
         model2vec_seconds = time.perf_counter() - started
-        backend_ids, model2vec_ids = backend.token_ids(texts), model2vec.token_ids(texts)
+        backend_ids, model2vec_ids = backend.text_to_ids.of_texts(texts), model2vec.text_to_ids.of_texts(texts)
 
         tokenizer = Tokenizer.from_file(str(raw / "tokenizer.json"))
         file_truncation = tokenizer.truncation

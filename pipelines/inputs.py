@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
-from beam_m2v.encoder import plain_string_type, plain_strings
+from beam_m2v.arrow_strings import plain_string_type, plain_strings
 from beam_m2v.remote_files import is_remote
 from beam_m2v.text_checks import find_text_problem
 from beam_m2v.transforms.dead_letters import FAILED_TAG, FailedElement, preview

@@ -12,8 +12,9 @@ import pytest
 from tiny_models import make_tokenizer
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 
-from beam_m2v import load_model
+from beam_m2v import StaticEmbedder, load_model
 from beam_m2v.piece_tokenization import (
+    CACHED_PIECES,
     PieceCache,
     piece_token_ids,
     punctuation_split_characters,
@@ -60,8 +61,8 @@ def assert_same_ids(tokenizer: Tokenizer, texts: list[str]) -> None:
     expected_ids, expected_offsets = reference_ids(tokenizer, texts)
     array = pa.array(texts, type=pa.large_string())
     punctuation = punctuation_split_characters(tokenizer)
-    for cut_at, cache in [("", None), (punctuation, None), (punctuation, PieceCache())]:
-        got = piece_token_ids(tokenizer, array, cache, cut_at)
+    for cut_at, kept in [("", 0), (punctuation, 0), (punctuation, CACHED_PIECES)]:
+        got = piece_token_ids(array, PieceCache(tokenizer, cut_at, max_pieces=kept))
         assert np.array_equal(got.offsets, expected_offsets), f"punctuation {cut_at!r}"
         assert np.array_equal(got.ids, expected_ids), f"punctuation {cut_at!r}"
 
@@ -73,7 +74,7 @@ def shared_tokenizer(model_path: object) -> Tokenizer:
 def test_shared_models_are_tokenized_by_piece(model_256_path, model_64_path):
     for path in (model_256_path, model_64_path):
         model = load_model(path)
-        assert model._prepared.by_piece, f"{path} should take the piece-by-piece path"
+        assert model.text_to_ids.by_piece, f"{path} should take the piece-by-piece path"
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -181,9 +182,9 @@ def test_cutting_where_it_is_not_exact_would_change_ids(model_256_path):
     special = shared_tokenizer(model_256_path)  # "[UNK]" is one added token
     for tokenizer, text in [(composing, "a=\u0338b"), (keeps_runs, "wait... what"), (special, "x[UNK]y")]:
         expected, _ = reference_ids(tokenizer, [text])
-        cut = piece_token_ids(tokenizer, pa.array([text]), punctuation=string.punctuation)
+        cut = piece_token_ids(pa.array([text]), PieceCache(tokenizer, string.punctuation))
         assert not np.array_equal(cut.ids, expected), text
-        assert np.array_equal(piece_token_ids(tokenizer, pa.array([text]), punctuation="").ids, expected)
+        assert np.array_equal(piece_token_ids(pa.array([text]), PieceCache(tokenizer, "")).ids, expected)
 
 
 def test_added_tokens_with_punctuation_match(model_256_path):
@@ -225,8 +226,10 @@ def test_every_eligible_combination_matches(model_256_path, pre_tokenizer, norma
 
 def test_encoder_gives_the_same_vectors_by_piece_and_text_by_text(model_64_path, corpus_texts):
     model = load_model(model_64_path)
-    text_by_text = model.with_settings()
-    text_by_text._prepared = dataclasses.replace(model._prepared, by_piece=False)
+    text_by_text = StaticEmbedder(
+        model.matrix, dataclasses.replace(model.text_to_ids.prepared, piece_cache=None), model.settings
+    )
+    assert not text_by_text.text_to_ids.by_piece
     texts = corpus_texts[:3000] + random_texts(500, 5) + ["", " ", "x" * 20_000]
     assert np.array_equal(model.encode(texts), text_by_text.encode(texts))
     arrow = pa.array([*texts, None])
@@ -235,12 +238,12 @@ def test_encoder_gives_the_same_vectors_by_piece_and_text_by_text(model_64_path,
 
 def test_empty_batch_and_sliced_arrays(model_256_path):
     tokenizer = shared_tokenizer(model_256_path)
-    empty = piece_token_ids(tokenizer, pa.array([], type=pa.string()))
+    empty = piece_token_ids(pa.array([], type=pa.string()), PieceCache(tokenizer))
     assert empty.ids.size == 0 and list(empty.offsets) == [0]
     texts = random_texts(50, 1)
     sliced = pa.array(texts, type=pa.string()).slice(7, 30)
     expected_ids, expected_offsets = reference_ids(tokenizer, texts[7:37])
-    got = piece_token_ids(tokenizer, sliced)
+    got = piece_token_ids(sliced, PieceCache(tokenizer))
     assert np.array_equal(got.ids, expected_ids) and np.array_equal(got.offsets, expected_offsets)
 
 
@@ -249,13 +252,13 @@ def test_cache_gives_the_same_ids_and_stays_bounded(model_256_path, corpus_texts
     texts = corpus_texts[:2000] + random_texts(300, 21)
     expected_ids, expected_offsets = reference_ids(tokenizer, texts)
     for limit in (0, 50, 1 << 18):
-        cache = PieceCache(max_pieces=limit)
+        cache = PieceCache(tokenizer, max_pieces=limit)
         for half in (texts[:1000], texts[1000:], texts):  # the last pass is served mostly from the cache
-            got = piece_token_ids(tokenizer, pa.array(half), cache)
+            got = piece_token_ids(pa.array(half), cache)
             want_ids, want_offsets = reference_ids(tokenizer, half)
             assert np.array_equal(got.ids, want_ids) and np.array_equal(got.offsets, want_offsets)
         assert len(cache) <= limit
-        got = piece_token_ids(tokenizer, pa.array(texts), cache)
+        got = piece_token_ids(pa.array(texts), cache)
         assert np.array_equal(got.ids, expected_ids) and np.array_equal(got.offsets, expected_offsets)
 
 
@@ -263,17 +266,34 @@ def test_cache_is_shared_by_embedders_of_one_model(model_64_path, corpus_texts):
     model = load_model(model_64_path)
     shorter = model.with_settings(max_length=8)
     model.encode(corpus_texts[:500])
-    cached = len(model._prepared.piece_cache)
-    assert cached > 0 and shorter._prepared.piece_cache is model._prepared.piece_cache
+    cache = model.text_to_ids.prepared.piece_cache
+    assert cache is not None and len(cache) > 0 and shorter.text_to_ids.prepared.piece_cache is cache
     # Cached ids are raw ids: truncation and unknown-dropping still apply per embedder.
     fresh = load_model(model_64_path, max_length=8)
     assert np.array_equal(shorter.encode(corpus_texts[:500]), fresh.encode(corpus_texts[:500]))
 
 
 def test_character_cut_counts_characters_like_python_slicing():
-    from beam_m2v.encoder import cut_characters
+    from beam_m2v.text_to_ids import cut_characters
 
     texts = ["héllo wörld", "😀" * 10, "abc", "", "日本語のテキスト" * 3]
     for limit in (0, 1, 3, 5, 100):
         assert cut_characters(pa.array(texts), limit).to_pylist() == [text[:limit] for text in texts]
     assert cut_characters(pa.array(texts), None).to_pylist() == texts
+
+
+def test_text_to_ids_entries_agree_and_compose_from_public_steps(model_64_path, corpus_texts):
+    """of_texts, of_array and the steps bench/piece_replay.py times one by one give the same ids."""
+    from beam_m2v.text_to_ids import cut_characters
+
+    text_to_ids = load_model(model_64_path, max_length=16).text_to_ids
+    texts = corpus_texts[:500] + random_texts(100, 3)
+    array = pa.array(texts, type=pa.large_string())
+    from_list, from_array = text_to_ids.of_texts(texts), text_to_ids.of_array(array)
+    assert np.array_equal(from_list.ids, from_array.ids) and np.array_equal(from_list.offsets, from_array.offsets)
+    cache = text_to_ids.prepared.piece_cache
+    assert cache is not None and text_to_ids.char_limit is not None
+    cut = cut_characters(array, text_to_ids.char_limit)
+    stepped = text_to_ids.apply_rules(piece_token_ids(cut, PieceCache(cache.tokenizer, cache.punctuation)))
+    assert np.array_equal(stepped.ids, from_array.ids) and np.array_equal(stepped.offsets, from_array.offsets)
+    assert int(from_array.lengths.max()) == 16  # the rules applied: truncated to max_length

@@ -9,6 +9,7 @@ written in this file), never through beam_m2v.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import apache_beam as beam
 import huggingface_hub.constants
 import numpy as np
+import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from model2vec import StaticModel
@@ -25,7 +27,8 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import beam_m2v
-from beam_m2v import ModelLoadError, Semantics
+from beam_m2v import ModelLoadError, Semantics, piece_tokenization
+from beam_m2v.piece_tokenization import PieceCache, PieceTokenizingError, piece_token_ids
 from tests.beam_helpers import assert_vectors, fn_api_pipeline
 from tests.tiny_models import populate_hub_cache
 
@@ -323,6 +326,30 @@ def test_tokenizer_error_gives_a_zero_vector(tmp_path: Path) -> None:
     folder = write_raw(tmp_path / "broken", tokenizer, np.eye(2, 4))
     backend = beam_m2v.load_model(folder, dim=4)
     assert_close(backend.encode(["hello zzz", "world"]), [[0, 0, 0, 0], [0, 1, 0, 0]])
+
+
+def test_only_tokenizer_failures_fall_back_from_the_piece_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The text-by-text fallback is for the tokenizer's own errors (the StaticBackend's zero vector);
+    # an error anywhere else on the piece path is a bug and must reach the caller, not be tokenized around.
+    tokenizer = Tokenizer(models.WordLevel({"hello": 0, "world": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(PieceTokenizingError, match="Missing") as caught:
+        piece_token_ids(pa.array(["hello zzz"]), PieceCache(tokenizer))
+    assert caught.value.__cause__ is not None  # the tokenizer's own error
+    backend = beam_m2v.load_model(write_raw(tmp_path / "broken", tokenizer, np.eye(2, 4)), dim=4)
+    assert backend.text_to_ids.by_piece
+    with caplog.at_level(logging.DEBUG, logger="beam_m2v.text_to_ids"):
+        assert_close(backend.encode(["hello zzz", "world"]), [[0, 0, 0, 0], [0, 1, 0, 0]])
+    assert "the tokenizer failed on the pieces of a batch" in caplog.text
+
+    def gather_with_a_bug(*args: object) -> None:
+        raise IndexError("a bug on the piece path")
+
+    monkeypatch.setattr(piece_tokenization, "gather_piece_ids", gather_with_a_bug)
+    with pytest.raises(IndexError, match="a bug on the piece path"):
+        backend.encode(["hello world"])
 
 
 # -- (c) a raw model made from the 256-dim test model --------------------------------------------

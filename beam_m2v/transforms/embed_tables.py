@@ -20,7 +20,7 @@ from apache_beam.pvalue import PCollection
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-from beam_m2v.encoder import plain_strings
+from beam_m2v.arrow_strings import plain_strings
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.embed_text import EmbedResult

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 from beam_m2v.encoder import StaticEmbedder
-from beam_m2v.text_checks import first_invalid_text
+from beam_m2v.errors import InvalidTextError
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec, acquire_model
 
@@ -55,7 +55,7 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """Embed a batch of texts."""
-        invalid = first_invalid_text(batch)
+        invalid = InvalidTextError.first_in(batch)
         if invalid is not None:
             raise invalid
         vectors = model.encode(list(batch))

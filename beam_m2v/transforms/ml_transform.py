@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.ml.transforms.base import EmbeddingsManager, EmbeddingTypeAdapter
 
 from beam_m2v.encoder import StaticEmbedder
-from beam_m2v.text_checks import first_invalid_text
+from beam_m2v.errors import InvalidTextError
 from beam_m2v.transforms.inference import Model2VecModelHandler
 from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
@@ -83,7 +83,7 @@ class AdaptedEmbeddingHandler(ModelHandler[Any, Any, StaticEmbedder]):  # type: 
     ) -> Iterable[Any]:
         """Embed the texts the adapter extracts; hand back lists of floats as Beam's embedding handlers do."""
         texts = self._adapter.input_fn(batch)
-        invalid = first_invalid_text(texts)
+        invalid = InvalidTextError.first_in(texts)
         if invalid is not None:
             raise invalid
         vectors = model.encode(texts) if texts else np.zeros((0, model.dim), dtype=np.float32)
