@@ -29,6 +29,14 @@ from beam_m2v.encoder import plain_string_type, plain_strings
 from beam_m2v.remote_files import is_remote
 from beam_m2v.text_checks import find_text_problem
 from beam_m2v.transforms.dead_letters import FAILED_TAG, FailedElement, preview
+from beam_m2v.transforms.metrics import (
+    FAILURES,
+    JSONL_BLOCKS_PARSED_BY_LINE,
+    JSONL_BLOCKS_PARSED_IN_BULK,
+    NAMESPACE,
+    ROWS_READ,
+)
+from pipelines.columns import POSITION_COLUMN, SOURCE_COLUMN
 from pipelines.input_error import InputError
 from pipelines.jsonl_lines import LineProblem, compression_of, is_blank, needs_line_by_line, numbered_lines, parse_line
 from pipelines.jsonl_types import (
@@ -45,8 +53,6 @@ from pipelines.progress import note_input_bytes
 
 __all__ = [
     "FAILED_TAG",
-    "POSITION_COLUMN",
-    "SOURCE_COLUMN",
     "InputError",
     "InputLayout",
     "InputSpec",
@@ -63,8 +69,6 @@ __all__ = [
 
 logger = logging.getLogger("beam_m2v.inputs")
 
-SOURCE_COLUMN = "__source"
-POSITION_COLUMN = "__position"
 #: Rows per table when ``--batch-size`` is not given: JSONL lines per table, Parquet rows per slice of a row group.
 JSONL_ROWS_PER_TABLE = 50_000
 _WILDCARDS = "*?[{"
@@ -471,13 +475,13 @@ class ListRowGroups(beam.DoFn):  # type: ignore[misc]
 class ReadRowGroup(beam.DoFn):  # type: ignore[misc]
     """Read one Parquet row group (only ``columns``) as a table, counting its rows in ``counter``."""
 
-    def __init__(self, columns: Sequence[str], counter: str = "rows_read") -> None:
+    def __init__(self, columns: Sequence[str], counter: str = ROWS_READ) -> None:
         self._columns = list(columns)
         self._counter = counter
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", self._counter)
+        self._rows_read = Metrics.counter(NAMESPACE, self._counter)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
         """Read the row group ``item`` names, with the ``__source`` / ``__position`` columns."""
@@ -507,8 +511,8 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "rows_read")
-        self._failures = Metrics.counter("beam_m2v", "failures")
+        self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
+        self._failures = Metrics.counter(NAMESPACE, FAILURES)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[Any]:
         """The tables (and dead letters) of the row group ``item`` names."""
@@ -568,10 +572,10 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "rows_read")
-        self._failures = Metrics.counter("beam_m2v", "failures")
-        self._bulk_blocks = Metrics.counter("beam_m2v", "jsonl_blocks_parsed_in_bulk")
-        self._line_blocks = Metrics.counter("beam_m2v", "jsonl_blocks_parsed_by_line")
+        self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
+        self._failures = Metrics.counter(NAMESPACE, FAILURES)
+        self._bulk_blocks = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_IN_BULK)
+        self._line_blocks = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_BY_LINE)
 
     def process(self, path: str) -> Iterator[Any]:
         """Read one file, ``spec.rows_per_table`` non-blank lines at a time."""

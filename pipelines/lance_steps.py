@@ -30,7 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_m2v.transforms.lance_write import LanceCommitPlan, LanceTarget, commit_fragments, fragment_rows
-from pipelines.content_hash import HASH_COLUMN
+from pipelines.columns import HASH_COLUMN
 
 #: The row address column Lance adds when asked (``fragment id << 32 | offset``).
 ROW_ADDRESS = "_rowaddr"
