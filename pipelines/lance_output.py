@@ -53,6 +53,7 @@ from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
 from pipelines.embed_arguments import add_embed_arguments
+from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import InputError
 from pipelines.lance_steps import (
     COPIES,
@@ -78,7 +79,6 @@ from pipelines.model_facts import reusable
 from pipelines.outputs import METADATA_KEY, dead_letter_json, matching_paths, to_output_table
 from pipelines.prepare import PreparedRun, prepare
 from pipelines.progress import ReportProgress
-from pipelines.reembed_steps import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.run import pipeline_options
 
 logger = logging.getLogger("beam_m2v.lance")

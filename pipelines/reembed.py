@@ -44,6 +44,7 @@ from pipelines.columns import EMBEDDING_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
 from pipelines.embed_arguments import add_embed_arguments
+from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import ListRowGroups
 from pipelines.manifest import counter_total, write_run_manifest
 from pipelines.model_facts import changed_facts, describe_changes
@@ -61,15 +62,12 @@ from pipelines.prepare import PreparedRun, prepare
 from pipelines.process_exit import exit_process
 from pipelines.progress import progress_report
 from pipelines.reembed_steps import (
-    CURRENT,
     DELETES,
-    PREVIOUS,
     TO_EMBED,
     UNCHANGED,
     CopyVectors,
     JoinBucket,
     ReadPreviousKeys,
-    SplitByBucket,
     SplitByVectorGroup,
     previous_files,
 )

@@ -1,7 +1,7 @@
 """The steps of ``reembed`` into a folder: read the previous snapshot's keys, join by id, copy reused vectors.
 
-The current rows and the ids and text hashes of the previous snapshot meet in ``BUCKETS`` buckets
-of ids (``SplitByBucket``, ``JoinBucket``): a row whose id and text are unchanged carries where its
+The current rows and the ids and text hashes of the previous snapshot meet in buckets of ids
+(``pipelines.id_buckets``, ``JoinBucket``): a row whose id and text are unchanged carries where its
 previous vector lies (shard, row group, row), and ``CopyVectors`` then reads those vectors one
 previous row group at a time; new and changed rows go on to be embedded; ids that are gone are
 deleted. ``previous_files`` checks that a previous output carries what this needs.
@@ -9,7 +9,6 @@ deleted. ``previous_files`` checks that a previous output carries what this need
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,47 +31,16 @@ from beam_m2v.transforms.metrics import (
 )
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.content_hash import HASH_TYPE
+from pipelines.id_buckets import CURRENT, PREVIOUS, side_table
 from pipelines.inputs import InputError, ReadRowGroup
 from pipelines.outputs import MANIFEST_NAME, has_manifest, shard_paths
 
-#: Buckets the ids of the current and previous rows meet in.
-BUCKETS = 64
-#: Which side of the join a table comes from.
-CURRENT, PREVIOUS = "current", "previous"
 #: The outputs of ``JoinBucket``: rows to embed, unchanged rows (with where their vector lies), ids gone.
 TO_EMBED, UNCHANGED, DELETES = "to_embed", "unchanged", "deletes"
 #: Where a previous vector lies: its shard, row group, and row in the row group.
 VECTOR_FILE, VECTOR_GROUP, VECTOR_ROW = "__vector_file", "__vector_group", "__vector_row"
 #: The columns that say where a previous vector lies.
 LOCATION = (VECTOR_FILE, VECTOR_GROUP, VECTOR_ROW)
-
-
-def bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:
-    """A stable bucket per id (the same id lands in the same bucket in every process)."""
-    if pa.types.is_integer(ids.type):
-        return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64) % buckets
-    return np.fromiter((zlib.crc32(repr(value).encode()) % buckets for value in ids.to_pylist()), np.int64, len(ids))
-
-
-class SplitByBucket(beam.DoFn):  # type: ignore[misc]
-    """Cut a table into one table per bucket, keyed by bucket and tagged with the side it comes from."""
-
-    def __init__(self, id_column: str, side: str, buckets: int = BUCKETS) -> None:
-        self._id_column = id_column
-        self._side = side
-        self._buckets = buckets
-
-    def process(self, table: pa.Table) -> Iterator[tuple[int, tuple[str, pa.Table]]]:
-        """Yield ``(bucket, (side, rows))`` for every bucket present in the table."""
-        buckets = bucket_of(table.column(self._id_column).combine_chunks(), self._buckets)
-        order = np.argsort(buckets, kind="stable")
-        sorted_buckets = buckets[order]
-        bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
-        for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(table)], strict=True):
-            if end > start:
-                # take() builds compact buffers: a slice would pickle its parent's whole buffers.
-                part = table.take(pa.array(order[start:end]))
-                yield int(sorted_buckets[start]), (self._side, part)
 
 
 class ReadPreviousKeys(ReadRowGroup):
@@ -120,8 +88,8 @@ class CopyVectors(beam.DoFn):  # type: ignore[misc]
 
     def process(self, item: tuple[tuple[str, int], Sequence[pa.Table]]) -> Iterator[pa.Table]:
         """Read the row group's vector column once and take the rows asked for."""
-        (path, group), parts = item
-        rows = pa.concat_tables(list(parts)).combine_chunks()
+        (path, group), tables = item
+        rows = pa.concat_tables(list(tables)).combine_chunks()
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             vectors = pq.ParquetFile(handle).read_row_group(group, columns=[EMBEDDING_COLUMN]).column(0)
         copied = vectors.take(rows.column(VECTOR_ROW))
@@ -150,10 +118,10 @@ class JoinBucket(beam.DoFn):  # type: ignore[misc]
         become dead letters; they count as neither new nor changed, and a previous vector of
         their id is deleted, since the new snapshot has none.
         """
-        _, parts = item
+        _, tables = item
         id_column = self._id_column
-        current = _concat([t for side, t in parts if side == CURRENT])
-        previous = _concat([t for side, t in parts if side == PREVIOUS])
+        current = side_table(tables, CURRENT)
+        previous = side_table(tables, PREVIOUS)
         if current is None:
             current = pa.table({id_column: pa.array([], previous.schema.field(id_column).type)}) if previous else None
         if previous is not None:
@@ -207,10 +175,6 @@ class JoinBucket(beam.DoFn):  # type: ignore[misc]
         joined = current_keys.join(previous_keys, keys="key", join_type="left outer").sort_by("current_row")
         rows = joined.column("previous_row").to_numpy(zero_copy_only=False)
         return np.where(np.isnan(rows.astype(np.float64)), -1, rows).astype(np.int64)
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table | None:
-    return pa.concat_tables(tables).combine_chunks() if tables else None
 
 
 def _first_per_id(table: pa.Table, id_column: str) -> pa.Table:
