@@ -1,7 +1,7 @@
 """The command-line options of the programs that embed a corpus (``embed``, ``reembed``), and their checks.
 
 ``add_embed_arguments`` defines the input, output, model and run options; the model options are
-defined in ``add_model_arguments`` and turned into a ``ModelSpec`` by ``model_spec`` (the one place
+defined in ``add_model_arguments`` and turned into a ``ModelSpec`` by ``model_spec_of`` (the one place
 that knows both). ``check_numbers`` refuses a number that must be positive. Publishing options
 (``--max-failed-fraction``) are ``pipelines.outputs.add_output_arguments``'s.
 """
@@ -93,7 +93,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options: which model, and how it is loaded (read back by ``model_spec``)."""
+    """The model options: which model, and how it is loaded (read back by ``model_spec_of``)."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -132,7 +132,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_spec(args: argparse.Namespace) -> ModelSpec:
+def model_spec_of(args: argparse.Namespace) -> ModelSpec:
     """The model the options of ``add_model_arguments`` name."""
     return ModelSpec.of(
         args.model,

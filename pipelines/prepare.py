@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from beam_m2v import StaticEmbedder
 from beam_m2v.transforms.model_cache import ModelSpec, acquire_model
-from pipelines.embed_arguments import check_numbers, model_spec
+from pipelines.embed_arguments import check_numbers, model_spec_of
 from pipelines.inputs import InputLayout, InputSpec, detect_format, inspect_input, match_files
 from pipelines.model_facts import ModelFacts
 from pipelines.outputs import output_schema
@@ -57,15 +57,15 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         batch_size=args.batch_size,
     )
     spec, layout = inspect_input(files, spec, id_required=args.id_column is not None)
-    spec_of_model = model_spec(args)
-    model = acquire_model(spec_of_model).model
-    facts = ModelFacts.of(model, spec_of_model)
+    model_spec = model_spec_of(args)
+    model = acquire_model(model_spec).model
+    facts = ModelFacts.of(model, model_spec)
     schema = output_schema(layout.schema, spec.id_column, keep, model.dim, facts.as_dict())
     return PreparedRun(
         input=spec,
         files=files,
         layout=layout,
-        model_spec=spec_of_model,
+        model_spec=model_spec,
         model=model,
         model_facts=facts,
         output_schema=schema,
