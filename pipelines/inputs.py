@@ -69,7 +69,7 @@ __all__ = [
 
 logger = logging.getLogger("beam_m2v.inputs")
 
-#: Rows per table when ``--batch-size`` is not given: JSONL lines per table, Parquet rows per slice of a row group.
+#: Rows per table when ``--batch-size`` is not given: JSONL lines, or Parquet rows read from a row group.
 JSONL_ROWS_PER_TABLE = 50_000
 _WILDCARDS = "*?[{"
 
@@ -574,8 +574,8 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
         """Create the metrics."""
         self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
         self._failures = Metrics.counter(NAMESPACE, FAILURES)
-        self._bulk_blocks = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_IN_BULK)
-        self._line_blocks = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_BY_LINE)
+        self._bulk_batches = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_IN_BULK)
+        self._line_batches = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_BY_LINE)
 
     def process(self, path: str) -> Iterator[Any]:
         """Read one file, ``spec.rows_per_table`` non-blank lines at a time."""
@@ -592,21 +592,21 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
             if len(lines) >= limit:
                 note_input_bytes(read)
                 read = 0
-                yield from self._block(lines, line_numbers, path)
+                yield from self._batch(lines, line_numbers, path)
                 lines, line_numbers = [], []
         note_input_bytes(read)
         if lines:
-            yield from self._block(lines, line_numbers, path)
+            yield from self._batch(lines, line_numbers, path)
 
-    def _block(self, lines: list[bytes], line_numbers: list[int], path: str) -> Iterator[Any]:
-        """One table of a block of lines: parsed in bulk by Arrow, or line by line when any line is unusual."""
+    def _batch(self, lines: list[bytes], line_numbers: list[int], path: str) -> Iterator[Any]:
+        """One table of a batch of lines: parsed in bulk by Arrow, or line by line when any line is unusual."""
         self._rows_read.inc(len(lines))
         table = self._parse_in_bulk(lines)
         if table is not None:
-            self._bulk_blocks.inc()
+            self._bulk_batches.inc()
             yield with_position_ids(with_positions(table, path, np.asarray(line_numbers)), self._spec)
             return
-        self._line_blocks.inc()
+        self._line_batches.inc()
         rows: list[dict[str, Any]] = []
         row_line_numbers: list[int] = []
         for raw_line, line_number in zip(lines, line_numbers, strict=True):
@@ -622,16 +622,16 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
             yield with_position_ids(with_positions(table, path, np.asarray(row_line_numbers)), self._spec)
 
     def _parse_in_bulk(self, lines: list[bytes]) -> pa.Table | None:
-        """The block as a table when every line is a plain, valid row; None sends it line by line.
+        """The batch as a table when every line is a plain, valid row; None sends it line by line.
 
         Arrow's JSON reader parses on all cores, but it does not report which line is bad and it
         is more lenient than ``parse_line`` in places (a byte-order mark, nesting of any depth)
         and stricter in others (a repeated key, a lone surrogate, a value of another type). So
-        any block with an error, a null or missing text or id, invalid UTF-8, an escaped
+        any batch with an error, a null or missing text or id, invalid UTF-8, an escaped
         surrogate, a BOM or deep nesting is parsed line by line instead, where each problem
         becomes its own dead letter: the bulk path only ever yields what the line-by-line path
         would. Where Arrow would round (an integer beyond 2**53 in a float64 column:
-        ``arrow_exact`` False), every block goes line by line.
+        ``arrow_exact`` False), every batch goes line by line.
         """
         if not self._arrow_exact:
             return None
