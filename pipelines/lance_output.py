@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -378,7 +378,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
     )
 
 
-def _console(command: str, run: Any, argv: Sequence[str] | None) -> int:
+def _console(command: str, run: Callable[[Sequence[str] | None], dict[str, Any]], argv: Sequence[str] | None) -> int:
+    """``console_main``, with a conflicting writer reported in one line and exit code 1."""
     try:
         return console_main(command, run, summary_line, argv)
     except LanceRunConflict as error:
