@@ -819,8 +819,10 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
     from pipelines import embed as embed_module
     from pipelines.content_hash import with_text_hash
     from pipelines.inputs import ListRowGroups, ReadParquetRows
+    from pipelines.manifest import write_run_manifest
     from pipelines.outputs import publish, to_output_table
     from pipelines.parquet_sink import VectorParquetSink
+    from pipelines.prepare import prepare
     from pipelines.progress import ReportProgress
 
     rows = pq.ParquetFile(source).metadata.num_rows
@@ -879,10 +881,10 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
         "interpreter start-up + profile dump (process wall - profiled)": measured.wall_s
         - float(pstats.Stats(str(prof)).total_tt),  # type: ignore[attr-defined]
         "imports (pipelines.embed module level: Beam, pyarrow, ...)": module_s - main_s,
-        "prepare: input schema, load model, fingerprint": cum(embed_module.prepare),
+        "prepare: input schema, load model, fingerprint": cum(prepare),
         "build the pipeline graph": cum(embed_module.build_pipeline),
         **{f"  {name}": value for name, value in inside.items()},
-        "finish: count rows, manifest, publish": cum(embed_module.finish_manifest) + cum(publish),
+        "finish: count rows, manifest, publish": cum(write_run_manifest) + cum(publish),
     }
     stages["other (options, logging, ...)"] = measured.wall_s - sum(stages.values())
     total_in_pipeline = runner

@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
-HASH_COLUMN = "text_hash"
+from pipelines.columns import HASH_COLUMN
+
 HASH_TYPE = pa.binary(16)
 
 

@@ -29,6 +29,14 @@ from beam_m2v.arrow_strings import plain_string_type, plain_strings
 from beam_m2v.remote_files import is_remote
 from beam_m2v.text_checks import find_text_problem
 from beam_m2v.transforms.dead_letters import FAILED_TAG, FailedElement, preview
+from beam_m2v.transforms.metrics import (
+    FAILURES,
+    JSONL_BLOCKS_PARSED_BY_LINE,
+    JSONL_BLOCKS_PARSED_IN_BULK,
+    NAMESPACE,
+    ROWS_READ,
+)
+from pipelines.columns import POSITION_COLUMN, SOURCE_COLUMN
 from pipelines.input_error import InputError
 from pipelines.jsonl_lines import LineProblem, compression_of, is_blank, needs_line_by_line, numbered_lines, parse_line
 from pipelines.jsonl_types import (
@@ -45,8 +53,6 @@ from pipelines.progress import note_input_bytes
 
 __all__ = [
     "FAILED_TAG",
-    "POSITION_COLUMN",
-    "SOURCE_COLUMN",
     "InputError",
     "InputLayout",
     "InputSpec",
@@ -63,9 +69,7 @@ __all__ = [
 
 logger = logging.getLogger("beam_m2v.inputs")
 
-SOURCE_COLUMN = "__source"
-POSITION_COLUMN = "__position"
-#: Rows per table when ``--batch-size`` is not given: JSONL lines per table, Parquet rows per slice of a row group.
+#: Rows per table when ``--batch-size`` is not given: JSONL lines, or Parquet rows read from a row group.
 JSONL_ROWS_PER_TABLE = 50_000
 _WILDCARDS = "*?[{"
 
@@ -471,13 +475,13 @@ class ListRowGroups(beam.DoFn):  # type: ignore[misc]
 class ReadRowGroup(beam.DoFn):  # type: ignore[misc]
     """Read one Parquet row group (only ``columns``) as a table, counting its rows in ``counter``."""
 
-    def __init__(self, columns: Sequence[str], counter: str = "rows_read") -> None:
+    def __init__(self, columns: Sequence[str], counter: str = ROWS_READ) -> None:
         self._columns = list(columns)
         self._counter = counter
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", self._counter)
+        self._rows_read = Metrics.counter(NAMESPACE, self._counter)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[pa.Table]:
         """Read the row group ``item`` names, with the ``__source`` / ``__position`` columns."""
@@ -507,8 +511,8 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "rows_read")
-        self._failures = Metrics.counter("beam_m2v", "failures")
+        self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
+        self._failures = Metrics.counter(NAMESPACE, FAILURES)
 
     def process(self, item: tuple[str, int, int]) -> Iterator[Any]:
         """The tables (and dead letters) of the row group ``item`` names."""
@@ -568,10 +572,10 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
 
     def setup(self) -> None:
         """Create the metrics."""
-        self._rows_read = Metrics.counter("beam_m2v", "rows_read")
-        self._failures = Metrics.counter("beam_m2v", "failures")
-        self._bulk_blocks = Metrics.counter("beam_m2v", "jsonl_blocks_parsed_in_bulk")
-        self._line_blocks = Metrics.counter("beam_m2v", "jsonl_blocks_parsed_by_line")
+        self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
+        self._failures = Metrics.counter(NAMESPACE, FAILURES)
+        self._bulk_batches = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_IN_BULK)
+        self._line_batches = Metrics.counter(NAMESPACE, JSONL_BLOCKS_PARSED_BY_LINE)
 
     def process(self, path: str) -> Iterator[Any]:
         """Read one file, ``spec.rows_per_table`` non-blank lines at a time."""
@@ -588,21 +592,21 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
             if len(lines) >= limit:
                 note_input_bytes(read)
                 read = 0
-                yield from self._block(lines, line_numbers, path)
+                yield from self._batch(lines, line_numbers, path)
                 lines, line_numbers = [], []
         note_input_bytes(read)
         if lines:
-            yield from self._block(lines, line_numbers, path)
+            yield from self._batch(lines, line_numbers, path)
 
-    def _block(self, lines: list[bytes], line_numbers: list[int], path: str) -> Iterator[Any]:
-        """One table of a block of lines: parsed in bulk by Arrow, or line by line when any line is unusual."""
+    def _batch(self, lines: list[bytes], line_numbers: list[int], path: str) -> Iterator[Any]:
+        """One table of a batch of lines: parsed in bulk by Arrow, or line by line when any line is unusual."""
         self._rows_read.inc(len(lines))
         table = self._parse_in_bulk(lines)
         if table is not None:
-            self._bulk_blocks.inc()
+            self._bulk_batches.inc()
             yield with_position_ids(with_positions(table, path, np.asarray(line_numbers)), self._spec)
             return
-        self._line_blocks.inc()
+        self._line_batches.inc()
         rows: list[dict[str, Any]] = []
         row_line_numbers: list[int] = []
         for raw_line, line_number in zip(lines, line_numbers, strict=True):
@@ -618,16 +622,16 @@ class ReadJsonLines(beam.DoFn):  # type: ignore[misc]
             yield with_position_ids(with_positions(table, path, np.asarray(row_line_numbers)), self._spec)
 
     def _parse_in_bulk(self, lines: list[bytes]) -> pa.Table | None:
-        """The block as a table when every line is a plain, valid row; None sends it line by line.
+        """The batch as a table when every line is a plain, valid row; None sends it line by line.
 
         Arrow's JSON reader parses on all cores, but it does not report which line is bad and it
         is more lenient than ``parse_line`` in places (a byte-order mark, nesting of any depth)
         and stricter in others (a repeated key, a lone surrogate, a value of another type). So
-        any block with an error, a null or missing text or id, invalid UTF-8, an escaped
+        any batch with an error, a null or missing text or id, invalid UTF-8, an escaped
         surrogate, a BOM or deep nesting is parsed line by line instead, where each problem
         becomes its own dead letter: the bulk path only ever yields what the line-by-line path
         would. Where Arrow would round (an integer beyond 2**53 in a float64 column:
-        ``arrow_exact`` False), every block goes line by line.
+        ``arrow_exact`` False), every batch goes line by line.
         """
         if not self._arrow_exact:
             return None

@@ -29,7 +29,7 @@ from pipelines.input_error import InputError
 #: Nesting deeper than this (objects and arrays) makes a line a dead letter.
 MAX_DEPTH = 100
 #: Bytes read at a time.
-CHUNK_BYTES = 8 << 20
+BATCH_BYTES = 8 << 20
 #: A JSON string escape of a UTF-16 surrogate (paired or not).
 _ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 _BOM = b"\xef\xbb\xbf"
@@ -73,8 +73,8 @@ def open_lines_file(path: str) -> Iterator[IO[bytes]]:
             yield stream
 
 
-def chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """``(number of the chunk's first line, chunk)``: the file in pieces of whole lines (the last may lack a newline).
+def line_batches(path: str, batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[int, bytes]]:
+    """``(number of the batch's first line, batch)``: the file in batches of whole lines (the last may lack a newline).
 
     A damaged or truncated compressed stream raises ``InputError`` naming the file.
     """
@@ -83,7 +83,7 @@ def chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, byt
     with open_lines_file(path) as stream:
         while True:
             try:
-                data = stream.read(chunk_bytes)
+                data = stream.read(batch_bytes)
             except _STREAM_ERRORS as error:
                 raise InputError(f"{path}: the compressed data is damaged or cut short ({error})") from None
             if not data:
@@ -93,18 +93,18 @@ def chunks(path: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, byt
             if not cut:
                 rest = data
                 continue
-            block, rest = data[:cut], data[cut:]
-            yield first_line, block
-            first_line += block.count(b"\n")
+            batch, rest = data[:cut], data[cut:]
+            yield first_line, batch
+            first_line += batch.count(b"\n")
     if rest:
         yield first_line, rest
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
     """``(line number from 1, line without its newline)`` for every line of the file, blank ones included."""
-    for first_line, block in chunks(path):
-        lines = block.split(b"\n")
-        if block.endswith(b"\n"):
+    for first_line, batch in line_batches(path):
+        lines = batch.split(b"\n")
+        if batch.endswith(b"\n"):
             lines.pop()
         yield from enumerate(lines, start=first_line)
 
@@ -130,24 +130,24 @@ def too_deep(line: bytes) -> bool:
     return False
 
 
-def needs_line_by_line(block: bytes) -> bool:
-    """Whether a block of lines holds something Arrow's JSON reader treats unlike ``parse_line``.
+def needs_line_by_line(batch: bytes) -> bool:
+    """Whether a batch of lines holds something Arrow's JSON reader treats unlike ``parse_line``.
 
     That is an escaped surrogate, a byte-order mark, or a line nested deeper than ``MAX_DEPTH``.
     Only lines with more than ``MAX_DEPTH`` opening brackets (found with numpy) are checked
     one by one.
     """
-    if _ESCAPED_SURROGATE.search(block) or _BOM in block:
+    if _ESCAPED_SURROGATE.search(batch) or _BOM in batch:
         return True
-    if block.count(b"[") + block.count(b"{") <= MAX_DEPTH:
+    if batch.count(b"[") + batch.count(b"{") <= MAX_DEPTH:
         return False
-    data = np.frombuffer(block, dtype=np.uint8)
+    data = np.frombuffer(batch, dtype=np.uint8)
     opening = np.flatnonzero((data | 0x20) == ord("{"))  # "[" is 0x5B, "{" is 0x7B
     ends = np.flatnonzero(data == ord("\n"))
     per_line = np.bincount(np.searchsorted(ends, opening), minlength=len(ends) + 1)
     starts = np.r_[0, ends + 1]
-    stops = np.r_[ends, len(block)]
-    return any(too_deep(block[starts[line] : stops[line]]) for line in np.flatnonzero(per_line > MAX_DEPTH))
+    stops = np.r_[ends, len(batch)]
+    return any(too_deep(batch[starts[line] : stops[line]]) for line in np.flatnonzero(per_line > MAX_DEPTH))
 
 
 def _finite_float(text: str) -> float:

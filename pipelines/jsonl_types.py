@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from beam_m2v.transforms.dead_letters import preview
-from pipelines.jsonl_lines import chunks, is_blank, needs_line_by_line, parse_line
+from pipelines.jsonl_lines import is_blank, line_batches, needs_line_by_line, parse_line
 
 #: Integers of at most this magnitude are exact in float64.
 FLOAT64_EXACT = 2**53
@@ -257,16 +257,16 @@ class JsonlScan:
 def scan_jsonl(files: Sequence[str], text_column: str, columns: Sequence[str]) -> JsonlScan:
     """Read every line of every file once: count rows and texts, and sketch ``columns`` (not the text column).
 
-    Blocks Arrow's JSON reader infers cleanly (every read column a string, integer, boolean or
-    null) are sketched from its columns; any other block line by line with ``parse_line``.
+    Batches of lines Arrow's JSON reader infers cleanly (every read column a string, integer, boolean or
+    null) are sketched from its columns; any other batch line by line with ``parse_line``.
     A damaged compressed file raises ``InputError``.
     """
     total = JsonlScan(sketches={column: ValueSketch() for column in columns})
     for path in files:
         scan = JsonlScan(sketches={column: ValueSketch() for column in columns})
-        for _, block in chunks(path):
-            if not _scan_in_bulk(block, text_column, scan):
-                _scan_by_line(block, text_column, scan)
+        for _, batch in line_batches(path):
+            if not _scan_in_bulk(batch, text_column, scan):
+                _scan_by_line(batch, text_column, scan)
         total.rows += scan.rows
         total.texts += scan.texts
         for column, sketch in scan.sketches.items():
@@ -275,19 +275,19 @@ def scan_jsonl(files: Sequence[str], text_column: str, columns: Sequence[str]) -
     return total
 
 
-def _scan_in_bulk(block: bytes, text_column: str, scan: JsonlScan) -> bool:
-    """Sketch a block from Arrow's inferred columns; False (nothing counted) when the block needs ``parse_line``."""
-    lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-    if needs_line_by_line(block):
+def _scan_in_bulk(batch: bytes, text_column: str, scan: JsonlScan) -> bool:
+    """Sketch a batch from Arrow's inferred columns; False (nothing counted) when the batch needs ``parse_line``."""
+    lines = batch.count(b"\n") + (0 if batch.endswith(b"\n") else 1)
+    if needs_line_by_line(batch):
         return False
     options = pa_json.ParseOptions(
         explicit_schema=pa.schema([(text_column, pa.string())]), unexpected_field_behavior="infer"
     )
     try:
-        table = pa_json.read_json(pa.BufferReader(block), parse_options=options)
+        table = pa_json.read_json(pa.BufferReader(batch), parse_options=options)
     except (pa.ArrowException, ValueError):
         return False
-    if table.num_rows != lines and table.num_rows != sum(1 for line in block.split(b"\n") if not is_blank(line)):
+    if table.num_rows != lines and table.num_rows != sum(1 for line in batch.split(b"\n") if not is_blank(line)):
         return False
     found: dict[str, pa.ChunkedArray] = {}
     for column in scan.sketches:
@@ -312,9 +312,9 @@ def _scan_in_bulk(block: bytes, text_column: str, scan: JsonlScan) -> bool:
 _ARROW_KINDS: dict[pa.DataType, str] = {pa.string(): "str", pa.int64(): "int", pa.bool_(): "bool", pa.null(): ""}
 
 
-def _scan_by_line(block: bytes, text_column: str, scan: JsonlScan) -> None:
-    """Sketch a block line by line."""
-    for line in block.split(b"\n"):
+def _scan_by_line(batch: bytes, text_column: str, scan: JsonlScan) -> None:
+    """Sketch a batch line by line."""
+    for line in batch.split(b"\n"):
         if is_blank(line):
             continue
         scan.rows += 1

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from beam_m2v.errors import MissingDependencyError
 from beam_m2v.transforms.lance_write import LanceTarget
-from pipelines.outputs import EMBEDDING_COLUMN
+from pipelines.columns import EMBEDDING_COLUMN
 from pipelines.process_exit import exit_process
 
 #: Fewer rows than this cannot train a PQ codebook (256 centroids per sub-vector).

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -49,16 +49,11 @@ from beam_m2v.transforms.lance_write import (
     committed_version,
     import_lance,
 )
-from pipelines.content_hash import HASH_COLUMN
-from pipelines.embed import (
-    Prepared,
-    add_input_arguments,
-    console_main,
-    embed_tables,
-    pipeline_options,
-    prepare,
-    read_corpus,
-)
+from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
+from pipelines.console import console_main
+from pipelines.corpus import embed_tables, read_corpus
+from pipelines.embed_arguments import add_embed_arguments
+from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import InputError
 from pipelines.lance_steps import (
     COPIES,
@@ -80,9 +75,11 @@ from pipelines.lance_steps import (
     read_json,
     tally,
 )
-from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, dead_letter_json, matching_paths, to_output_table
+from pipelines.model_facts import reusable
+from pipelines.outputs import METADATA_KEY, dead_letter_json, matching_paths, to_output_table
+from pipelines.prepare import PreparedRun, prepare
 from pipelines.progress import ReportProgress
-from pipelines.reembed import SplitByBucket, reusable
+from pipelines.run import pipeline_options
 
 logger = logging.getLogger("beam_m2v.lance")
 
@@ -166,9 +163,9 @@ def dataset_facts(dataset: Any) -> dict[str, Any]:
     return facts
 
 
-def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions, Prepared]:
+def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions, PreparedRun]:
     parser = argparse.ArgumentParser(prog=f"beam-m2v {command}", description=__doc__.split("\n")[0])
-    add_input_arguments(parser)
+    add_embed_arguments(parser)
     if command == "reembed":
         parser.add_argument("--previous", help=argparse.SUPPRESS)
     args, beam_args = parser.parse_known_args(argv)
@@ -182,13 +179,13 @@ def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace
     return args, options, prepare(args)
 
 
-def _record(target: LanceTarget, prepared: Prepared, transaction_id: str, extra: dict[str, Any]) -> RunRecord:
+def _record(target: LanceTarget, prepared: PreparedRun, transaction_id: str, extra: dict[str, Any]) -> RunRecord:
     started = datetime.datetime.now(datetime.timezone.utc)
     fields = {
         "input": prepared.input.pattern,
         "input_format": prepared.input.format,
         "input_files": prepared.files,
-        **prepared.model_facts,
+        **prepared.model_facts.as_dict(),
         **extra,
     }
     name = f"{started:%Y%m%dT%H%M%S}Z-{transaction_id[:8]}"
@@ -202,7 +199,7 @@ def run_embed(argv: Sequence[str] | None = None) -> dict[str, Any]:
     existing = open_output(target)
     plan = LanceCommitPlan(
         target,
-        prepared.schema[1],
+        prepared.output_schema,
         "create" if existing is None else "overwrite",
         expected_version=0 if existing is None else int(existing.version),
     )
@@ -216,14 +213,14 @@ def run_reembed(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, options, prepared = _start("reembed", argv)
     target = output_target(args.output, options)
     existing = open_output(target)
-    schema = prepared.schema[1]
+    schema = prepared.output_schema
     if existing is None:
         logger.info("%s does not exist yet: embedding every row", target.uri)
         plan = LanceCommitPlan(target, schema, "create", expected_version=0)
         return _run(options, prepared, plan, _record(target, prepared, plan.transaction_id, {}))
     version = int(existing.version)
     same_columns = existing.schema.remove_metadata().equals(schema.remove_metadata())
-    reuse = reusable(dataset_facts(existing), prepared.model_facts) and same_columns
+    reuse = reusable(dataset_facts(existing), prepared.model_facts.as_dict()) and same_columns
     fragment_ids = sorted(int(fragment.fragment_id) for fragment in existing.get_fragments())
     extra = {"reused_previous_vectors": reuse and bool(fragment_ids), "previous_version": version}
     if not (reuse and fragment_ids):
@@ -238,7 +235,7 @@ def run_reembed(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _run(
     options: PipelineOptions,
-    prepared: Prepared,
+    prepared: PreparedRun,
     plan: LanceCommitPlan,
     record: RunRecord,
     fragment_ids: Sequence[int] = (),
@@ -270,14 +267,14 @@ def _raise_if_moved(plan: LanceCommitPlan, error: Exception) -> None:
 
 def build_pipeline(
     pipeline: beam.Pipeline,
-    prepared: Prepared,
+    prepared: PreparedRun,
     plan: LanceCommitPlan,
     record: RunRecord,
     fragment_ids: Sequence[int] = (),
 ) -> None:
     """Read, (join,) embed, write fragments and dead letters, then commit once."""
     spec = prepared.input
-    schema = prepared.schema[1]
+    schema = prepared.output_schema
     tables, read_failures = read_corpus(pipeline, prepared)
     counts = [tables | "CountRows" >> tally("rows")]
     counts += [failures | f"CountReadFailures{n}" >> tally("read_failed") for n, failures in enumerate(read_failures)]
@@ -302,14 +299,14 @@ def build_pipeline(
         to_embed = classified[TO_EMBED]
         bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
         keyed_current = classified[KEYS] | "BucketCurrent" >> beam.ParDo(
-            SplitByBucket(spec.id_column, "current", JOIN_BUCKETS)
+            SplitByBucket(spec.id_column, CURRENT, JOIN_BUCKETS)
         ).with_output_types(bucketed)
         keyed_previous = (
             previous
             | "PreviousAddresses"
             >> beam.Map(lambda table: table.select([spec.id_column, ROW_ADDRESS])).with_output_types(pa.Table)
             | "BucketPrevious"
-            >> beam.ParDo(SplitByBucket(spec.id_column, "previous", JOIN_BUCKETS)).with_output_types(bucketed)
+            >> beam.ParDo(SplitByBucket(spec.id_column, PREVIOUS, JOIN_BUCKETS)).with_output_types(bucketed)
         )
         reconciled = (
             (keyed_current, keyed_previous)
@@ -381,7 +378,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
     )
 
 
-def _console(command: str, run: Any, argv: Sequence[str] | None) -> int:
+def _console(command: str, run: Callable[[Sequence[str] | None], dict[str, Any]], argv: Sequence[str] | None) -> int:
+    """``console_main``, with a conflicting writer reported in one line and exit code 1."""
     try:
         return console_main(command, run, summary_line, argv)
     except LanceRunConflict as error:

@@ -30,7 +30,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_m2v.transforms.lance_write import LanceCommitPlan, LanceTarget, commit_fragments, fragment_rows
-from pipelines.content_hash import HASH_COLUMN
+from pipelines.columns import HASH_COLUMN
+from pipelines.id_buckets import CURRENT, PREVIOUS, side_table
 
 #: The row address column Lance adds when asked (``fragment id << 32 | offset``).
 ROW_ADDRESS = "_rowaddr"
@@ -38,7 +39,6 @@ ROW_ADDRESS = "_rowaddr"
 TO_EMBED, KEYS, DELETES, COPIES, TALLY = "to_embed", "keys", "deletes", "copies", "tally"
 UNCHANGED, EMBEDDABLE = "__unchanged", "__embeddable"
 UPDATED, REMOVED = "updated", "removed"
-_CURRENT, _PREVIOUS = "current", "previous"
 #: Where a run's record and dead letters go, inside the dataset's folder (Lance ignores it).
 RUNS_DIR = "_beam_m2v/runs"
 MANIFEST_NAME = "manifest.json"
@@ -176,11 +176,11 @@ class ReconcileBucket(beam.DoFn):  # type: ignore[misc]
 
     def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
         """Tagged outputs: ``deletes`` and ``copies`` (tables of ``_rowaddr``) and ``tally`` (deleted ids' rows)."""
-        _, parts = item
-        previous = _concat([table for side, table in parts if side == _PREVIOUS])
+        _, tables = item
+        previous = side_table(tables, PREVIOUS)
         if previous is None or not len(previous):
             return
-        current = _concat([table for side, table in parts if side == _CURRENT])
+        current = side_table(tables, CURRENT)
         if current is None:
             current = pa.table(
                 {self._id: pa.array([], previous.schema.field(self._id).type), UNCHANGED: [], EMBEDDABLE: []}

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +46,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_m2v.remote_files import is_remote
 from beam_m2v.transforms.dead_letters import FailedElement, preview
-from pipelines.content_hash import HASH_COLUMN, HASH_TYPE
-from pipelines.inputs import POSITION_COLUMN, SOURCE_COLUMN
+from pipelines.columns import ADDED_COLUMNS, EMBEDDING_COLUMN, HASH_COLUMN, POSITION_COLUMN, SOURCE_COLUMN
+from pipelines.content_hash import HASH_TYPE
 
 logger = logging.getLogger("beam_m2v.outputs")
 
-EMBEDDING_COLUMN = "embedding"
 MANIFEST_NAME = "_manifest.json"
 FAILED_DIR = "_failed"
 CHANGES_DIR = "_changes"
@@ -118,7 +117,11 @@ def add_output_arguments(parser: Any) -> None:
 
 
 def output_schema(
-    input_schema: pa.Schema, id_column: str, keep_columns: tuple[str, ...], dim: int, model_facts: dict[str, Any]
+    input_schema: pa.Schema,
+    id_column: str,
+    keep_columns: tuple[str, ...],
+    dim: int,
+    model_facts: Mapping[str, Any],
 ) -> pa.Schema:
     """id, embedding and kept columns, with the model facts as Parquet key-value metadata.
 
@@ -136,7 +139,7 @@ def output_schema(
 
 def check_input_column_names(read_columns: Iterable[str], id_column: str, keep_columns: tuple[str, ...]) -> None:
     """Refuse an input column (id, text or kept) that has the name of a column the run adds."""
-    added = (EMBEDDING_COLUMN, HASH_COLUMN, SOURCE_COLUMN, POSITION_COLUMN)
+    added = ADDED_COLUMNS
     for column in read_columns:
         if column in added:
             option = (

@@ -29,8 +29,8 @@ import pyarrow.dataset as ds
 import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import MissingDependencyError, ModelLoadError
-from pipelines.content_hash import HASH_COLUMN
-from pipelines.outputs import EMBEDDING_COLUMN, METADATA_KEY, has_manifest, read_manifest, shard_paths
+from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
+from pipelines.outputs import METADATA_KEY, has_manifest, read_manifest, shard_paths
 from pipelines.process_exit import exit_process
 
 #: Exact search reads the vectors this many rows at a time.

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import pyarrow.dataset as ds
 
 from pipelines.arguments import program_parser
-from pipelines.outputs import EMBEDDING_COLUMN, read_manifest, shard_paths
+from pipelines.columns import EMBEDDING_COLUMN
+from pipelines.outputs import read_manifest, shard_paths
 from pipelines.process_exit import exit_process
 
 DESCRIPTION = """Print an output's row counts and model, and its first rows (id and the first vector components).

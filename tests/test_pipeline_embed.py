@@ -735,3 +735,17 @@ def test_multi_processing_equals_in_memory(parquet_run, parquet_input, model, mo
     succeeded(process)
     check_same_output(out, reference)
     check_part_files(out, model, model_64_path, pa.int64())
+
+
+def test_the_counters_the_docs_name_are_the_ones_reported() -> None:
+    """The ``beam_m2v`` counters the docs tell users to watch are metric names the code reports."""
+    from beam_m2v.transforms import metrics
+
+    reported = {value for name, value in vars(metrics).items() if name.isupper() and isinstance(value, str)}
+    for page in ("programs.md", "scaling.md"):
+        text = " ".join((REPO / "docs" / page).read_text(encoding="utf-8").split())
+        named = re.search(r"`beam_m2v` counters \(([^)]*)\)", text)
+        assert named, f"docs/{page} no longer lists the beam_m2v counters"
+        names = re.findall(r"`([a-z_]+)`", named.group(1))
+        assert names and set(names) <= reported, (page, set(names) - reported)
+    assert metrics.NAMESPACE == "beam_m2v"

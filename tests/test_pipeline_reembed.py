@@ -26,7 +26,8 @@ from safetensors.numpy import load_file
 
 import beam_m2v
 from pipelines import embed, reembed
-from pipelines.content_hash import HASH_COLUMN
+from pipelines.columns import HASH_COLUMN
+from pipelines.model_facts import changed_facts
 from pipelines.outputs import read_manifest
 from tests.beam_helpers import beam_worker_pool
 from tests.conftest import REPO, corpus_jsonl_lines, corpus_table
@@ -517,11 +518,11 @@ def test_an_output_whose_manifest_says_seed_is_reused_by_static_backend(
 
 def test_changed_facts_compares_semantics_by_meaning() -> None:
     facts = {"model_fingerprint": "f", "dim": 64, "normalize": True, "max_length": None, "semantics": "static_backend"}
-    assert reembed.changed_facts({**facts, "semantics": "seed"}, facts) == {}
-    assert reembed.changed_facts({**facts, "semantics": "model2vec"}, facts) == {
+    assert changed_facts({**facts, "semantics": "seed"}, facts) == {}
+    assert changed_facts({**facts, "semantics": "model2vec"}, facts) == {
         "semantics": {"previous": "model2vec", "current": "static_backend"}
     }
-    assert reembed.changed_facts({**facts, "normalize": False, "dim": 32}, facts) == {
+    assert changed_facts({**facts, "normalize": False, "dim": 32}, facts) == {
         "dim": {"previous": 32, "current": 64},
         "normalize": {"previous": False, "current": True},
     }

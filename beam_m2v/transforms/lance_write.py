@@ -31,7 +31,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_m2v.errors import MissingDependencyError
-from beam_m2v.transforms.metrics import NAMESPACE
+from beam_m2v.transforms.metrics import LANCE_FRAGMENTS_WRITTEN, LANCE_ROWS_WRITTEN, NAMESPACE
 
 #: How ``WriteToLance`` commits: a new dataset, rows added to the latest version, or a new
 #: version holding only these rows (earlier versions stay readable).
@@ -157,8 +157,8 @@ class WriteLanceFragments(beam.DoFn):  # type: ignore[misc]
     def setup(self) -> None:
         """Import Lance and create the metrics."""
         self._lance = import_lance()
-        self._rows_written = Metrics.counter(NAMESPACE, "lance_rows_written")
-        self._fragments_written = Metrics.counter(NAMESPACE, "lance_fragments_written")
+        self._rows_written = Metrics.counter(NAMESPACE, LANCE_ROWS_WRITTEN)
+        self._fragments_written = Metrics.counter(NAMESPACE, LANCE_FRAGMENTS_WRITTEN)
 
     def start_bundle(self) -> None:
         """Start with nothing gathered."""

@@ -1,0 +1,153 @@
+"""The command-line options of the programs that embed a corpus (``embed``, ``reembed``), and their checks.
+
+``add_embed_arguments`` defines the input, output, model and run options; the model options are
+defined in ``add_model_arguments`` and turned into a ``ModelSpec`` by ``model_spec_of`` (the one place
+that knows both). ``check_numbers`` refuses a number that must be positive. Publishing options
+(``--max-failed-fraction``) are ``pipelines.outputs.add_output_arguments``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from beam_m2v import Semantics
+from beam_m2v.transforms.model_cache import ModelSpec
+from beam_m2v.transforms.thread_options import threads_option
+from pipelines.input_error import InputError
+from pipelines.inputs import JSONL_ROWS_PER_TABLE
+from pipelines.model_facts import semantics_name
+from pipelines.progress import DEFAULT_INTERVAL
+
+DEFAULT_MODEL = "minishlab/potion-base-8M"
+#: Options that must be positive whole numbers when given.
+POSITIVE_OPTIONS = ("dimensionality", "dim", "batch_size")
+
+
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Input, output, model and run options shared by ``embed`` and ``reembed``."""
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="PATTERN",
+        help="the corpus: a file pattern of Parquet (.parquet) or JSON Lines (.jsonl, .jsonl.gz) files, local or on "
+        "gs:// / s3://; quote it so that the shell does not expand it",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=["parquet", "jsonl"],
+        help="format of the input files (default: from the file extension)",
+    )
+    parser.add_argument(
+        "--text-column", default="text", metavar="NAME", help="column (Parquet) or field (JSONL) with the text to embed"
+    )
+    parser.add_argument(
+        "--id-column",
+        metavar="NAME",
+        help="column or field with each row's id, copied to the output (default: id; when the input has no such "
+        "column, each row's id is its position '<file>:<line or row>')",
+    )
+    parser.add_argument(
+        "--keep-columns",
+        default="",
+        metavar="A,B",
+        help="comma-separated input columns copied to the output beside each vector (default: none)",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="FOLDER",
+        help="output folder (local, gs:// or s3://), or a Lance dataset PATH.lance: vector shards, dead letters and a "
+        "manifest; it must be absent, empty or a previous beam-m2v output, and is replaced as a whole when the run "
+        "succeeds",
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=JSONL_ROWS_PER_TABLE,
+        metavar="N",
+        help="most rows per table: each table is one encoder call and one Parquet row group of the output "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--byte-stream-split",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write vector values with Parquet's BYTE_STREAM_SPLIT encoding (about 10%% smaller; readers need "
+        "Parquet 2.8+ support: pyarrow, DuckDB, Polars, Spark 3.2+); --no-byte-stream-split writes plain pages",
+    )
+    parser.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help="seconds between progress lines on stderr (a live bar instead when stderr is a terminal); 0 for none",
+    )
+    parser.add_argument(
+        "--m2v_threads_per_worker",
+        type=threads_option,
+        metavar="N",
+        help="cores each worker process uses to embed, or 'all' (default: its share of the machine when the "
+        "runner starts several worker processes, every core otherwise; also BEAM_M2V_THREADS)",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options: which model, and how it is loaded (read back by ``model_spec_of``)."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="SOURCE",
+        help="the model: a local folder, a Hugging Face hub id, hf://owner/name/file, or a gs:// / s3:// folder",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="SOURCE",
+        help="tokenizer file, folder or hub id, for a raw vocab_matrix.bin model without its own tokenizer.json",
+    )
+    parser.add_argument(
+        "--semantics",
+        type=semantics_name,
+        choices=[semantics.value for semantics in Semantics],
+        help="which reference the vectors reproduce: model2vec's StaticModel.encode, or the Rust StaticBackend "
+        "(static_backend; 'seed' is its old name) (default: static_backend for a raw vocab_matrix.bin model, "
+        "model2vec otherwise)",
+    )
+    parser.add_argument(
+        "--dimensionality",
+        type=int,
+        metavar="N",
+        help="keep only the first N dimensions of each vector (default: all of the model's)",
+    )
+    parser.add_argument(
+        "--dim", type=int, metavar="N", help="number of columns of a raw vocab_matrix.bin model (default: 256)"
+    )
+    parser.add_argument(
+        "--hf-revision", metavar="REVISION", help="Hugging Face hub revision: branch, tag or commit (default: main)"
+    )
+    parser.add_argument(
+        "--model-sha256",
+        metavar="HEX",
+        help="expected SHA-256 of the matrix file of a gs:// / s3:// model, checked when a machine copies it",
+    )
+
+
+def model_spec_of(args: argparse.Namespace) -> ModelSpec:
+    """The model the options of ``add_model_arguments`` name."""
+    return ModelSpec.of(
+        args.model,
+        tokenizer=args.tokenizer,
+        dimensionality=args.dimensionality,
+        semantics=args.semantics,
+        revision=args.hf_revision,
+        sha256=args.model_sha256,
+        dim=args.dim,
+    )
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a numeric option that is zero or negative (``InputError``, one line)."""
+    for name in POSITIVE_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
