@@ -52,6 +52,7 @@ from pipelines.inputs import (
     match_files,
 )
 from pipelines.logs import configure_logging
+from pipelines.model_arguments import add_model_arguments, spec_from_arguments
 from pipelines.outputs import (
     DEFAULT_MAX_FAILED_FRACTION,
     EMBEDDING_COLUMN,
@@ -126,28 +127,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="the model: a local folder, a Hugging Face hub id, hf://owner/name/file, or a gs:// / s3:// folder",
     )
-    parser.add_argument(
-        "--tokenizer",
-        metavar="SOURCE",
-        help="tokenizer file, folder or hub id, for a raw vocab_matrix.bin model without its own tokenizer.json",
-    )
-    parser.add_argument(
-        "--semantics",
-        type=semantics_name,
-        choices=[semantics.value for semantics in beam_m2v.Semantics],
-        help="which reference the vectors reproduce: model2vec's StaticModel.encode, or the Rust StaticBackend "
-        "(static_backend; 'seed' is its old name) (default: static_backend for a raw vocab_matrix.bin model, "
-        "model2vec otherwise)",
-    )
-    parser.add_argument(
-        "--dimensionality",
-        type=int,
-        metavar="N",
-        help="keep only the first N dimensions of each vector (default: all of the model's)",
-    )
-    parser.add_argument(
-        "--dim", type=int, metavar="N", help="number of columns of a raw vocab_matrix.bin model (default: 256)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -155,14 +135,6 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most rows per table: each table is one encoder call and one Parquet row group of the output "
         "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--hf-revision", metavar="REVISION", help="Hugging Face hub revision: branch, tag or commit (default: main)"
-    )
-    parser.add_argument(
-        "--model-sha256",
-        metavar="HEX",
-        help="expected SHA-256 of the matrix file of a gs:// / s3:// model, checked when a machine copies it",
     )
     parser.add_argument(
         "--byte-stream-split",
@@ -185,14 +157,6 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="cores each worker process uses to embed, or 'all' (default: its share of the machine when the "
         "runner starts several worker processes, every core otherwise; also BEAM_M2V_THREADS)",
     )
-
-
-def semantics_name(value: str) -> str:
-    """A ``--semantics`` value by its current name (``seed`` is an old name of ``static_backend``)."""
-    try:
-        return beam_m2v.Semantics(value).value
-    except ValueError:
-        return value  # argparse then lists the valid choices
 
 
 @dataclass(frozen=True)
@@ -247,15 +211,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     )
     spec, layout = inspect_input(files, spec, id_required=args.id_column is not None)
     input_schema = layout.schema
-    model_spec = ModelSpec.of(
-        args.model,
-        tokenizer=args.tokenizer,
-        dimensionality=args.dimensionality,
-        semantics=args.semantics,
-        revision=args.hf_revision,
-        sha256=args.model_sha256,
-        dim=args.dim,
-    )
+    model_spec = spec_from_arguments(args.model, args)
     # Through the process cache: a pipeline running in this process (FnApiRunner) reuses this load.
     model = acquire_model(model_spec).model
     facts = model_facts(model, model_spec)

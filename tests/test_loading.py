@@ -112,7 +112,7 @@ def test_quantized_and_raw_matrices_are_memory_mapped(tmp_path: Path) -> None:
     matrix = beam_m2v.load_model(folder).matrix
     assert isinstance(matrix.embeddings, np.memmap) and matrix.embeddings.shape == (9, 6)
     assert isinstance(matrix.weights, np.memmap) and not matrix.weights.flags.writeable
-    raw = beam_m2v.load_model(build_raw_model(tmp_path / "raw", dim=RAW_DIM), dim=RAW_DIM).matrix.embeddings
+    raw = beam_m2v.load_model(build_raw_model(tmp_path / "raw", dim=RAW_DIM), raw_dim=RAW_DIM).matrix.embeddings
     assert isinstance(raw, np.memmap) and not raw.flags.writeable
 
 
@@ -143,7 +143,7 @@ def test_dimensionality_out_of_range(pristine: Path) -> None:
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
 def test_raw_format_static_backend_semantics(tmp_path: Path, kind: str) -> None:
     folder = build_raw_model(tmp_path / "raw", kind=kind, dim=RAW_DIM, seed=5)  # type: ignore[arg-type]
-    model = beam_m2v.load_model(folder, dim=RAW_DIM)
+    model = beam_m2v.load_model(folder, raw_dim=RAW_DIM)
     assert model.dim == RAW_DIM and model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
     expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
@@ -152,7 +152,7 @@ def test_raw_format_static_backend_semantics(tmp_path: Path, kind: str) -> None:
     assert got.dtype == np.float32 and np.abs(got - expected).max() <= 1e-6
     assert got[TEXTS.index("\U0001f9ec unknown \u16a0")].any()  # the StaticBackend keeps [UNK]
     assert not got[TEXTS.index("")].any()
-    by_file = beam_m2v.load_model(folder / "vocab_matrix.bin", dim=RAW_DIM)
+    by_file = beam_m2v.load_model(folder / "vocab_matrix.bin", raw_dim=RAW_DIM)
     assert np.array_equal(by_file.encode(TEXTS), got)
 
 
@@ -161,7 +161,7 @@ def test_raw_format_with_fewer_rows_skips_ids(tmp_path: Path) -> None:
     # would be refused: those values are also exactly one row per id at half the dimension.
     rows = vocab_size(make_tokenizer("wordpiece")) - 5
     folder = build_raw_model(tmp_path / "raw", dim=RAW_DIM, rows=rows, seed=6)
-    model = beam_m2v.load_model(folder, dim=RAW_DIM)
+    model = beam_m2v.load_model(folder, raw_dim=RAW_DIM)
     expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
@@ -175,8 +175,8 @@ def test_raw_format_with_separate_tokenizer(tmp_path: Path) -> None:
     make_tokenizer("wordpiece").save(str(tokenizer_dir / "tokenizer.json"))
     error = load_error(folder, dim=RAW_DIM)
     assert_names(error, folder / "tokenizer.json", "missing tokenizer")
-    by_folder = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir))
-    by_file = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
+    by_folder = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir))
+    by_file = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
     assert np.array_equal(by_folder.encode(TEXTS), by_file.encode(TEXTS))
     expected = static_backend_reference_vectors(
         tokenizer_dir / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
@@ -454,7 +454,7 @@ def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None
     model = beam_m2v.load_model(
         "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", dim=RAW_DIM, cache_dir=str(hub.cache)
     )
-    local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), dim=RAW_DIM)
+    local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), raw_dim=RAW_DIM)
     assert model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
     assert np.array_equal(model.encode(TEXTS), local.encode(TEXTS))
     expected = static_backend_reference_vectors(

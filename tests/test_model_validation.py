@@ -120,7 +120,7 @@ def test_non_finite_raw_matrix_refused(tmp_path: Path) -> None:
     matrix = np.fromfile(folder / "vocab_matrix.bin", dtype="<f4")
     matrix[17] = np.nan
     matrix.tofile(folder / "vocab_matrix.bin")
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "non-finite", "row 2", "column 1")
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "non-finite", "row 2", "column 1")
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -311,8 +311,8 @@ def test_pathological_json_headers(model: Path, header: bytes) -> None:
 @pytest.mark.parametrize("semantics", [None, "model2vec"])
 def test_raw_matrix_read_with_the_wrong_dim(tmp_path: Path, wrong_dim: int, semantics: str | None) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
-    error = refusal(folder, dim=wrong_dim, semantics=semantics)
-    assert_blames(error, folder / "vocab_matrix.bin", f"dim={wrong_dim}", f"pass dim={DIM}", str(ROWS))
+    error = refusal(folder, raw_dim=wrong_dim, semantics=semantics)
+    assert_blames(error, folder / "vocab_matrix.bin", f"raw_dim={wrong_dim}", f"pass raw_dim={DIM}", str(ROWS))
 
 
 def test_bundled_model_as_raw_matrix_read_with_the_wrong_dim(model_64_path: Path, tmp_path: Path) -> None:
@@ -322,23 +322,23 @@ def test_bundled_model_as_raw_matrix_read_with_the_wrong_dim(model_64_path: Path
     np.asarray(rows, dtype="<f4").tofile(folder / "vocab_matrix.bin")
     (folder / "tokenizer.json").write_bytes((model_64_path / "tokenizer.json").read_bytes())
     for wrong in (32, 16, 8):
-        error = refusal(folder, dim=wrong)
-        assert_blames(error, folder / "vocab_matrix.bin", f"dim={wrong}", "pass dim=64", f"{rows.shape[0]} rows")
+        error = refusal(folder, raw_dim=wrong)
+        assert_blames(error, folder / "vocab_matrix.bin", f"raw_dim={wrong}", "pass raw_dim=64", f"{rows.shape[0]} rows")
     for wrong in (128, 256):  # the default; 29,525 rows x 64 values are not a multiple of either
-        assert_blames(refusal(folder, dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}")
-    assert beam_m2v.load_model(folder, dim=64).dim == 64
+        assert_blames(refusal(folder, raw_dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}")
+    assert beam_m2v.load_model(folder, raw_dim=64).dim == 64
 
 
 def test_raw_matrix_length_not_a_multiple_of_dim(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
-    assert_blames(refusal(folder, dim=7), folder / "vocab_matrix.bin", "multiple of dimension 7")
+    assert_blames(refusal(folder, raw_dim=7), folder / "vocab_matrix.bin", "multiple of dimension 7")
 
 
 def test_raw_matrix_with_fewer_rows_under_model2vec_semantics(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM, rows=ROWS - 3)
-    error = refusal(folder, dim=DIM, semantics="model2vec")
+    error = refusal(folder, raw_dim=DIM, semantics="model2vec")
     assert_blames(error, folder / "vocab_matrix.bin", str(ROWS - 3), "rows", "tokenizer")
-    assert beam_m2v.load_model(folder, dim=DIM).dim == DIM  # the seed skips the missing ids
+    assert beam_m2v.load_model(folder, raw_dim=DIM).dim == DIM  # the seed skips the missing ids
 
 
 @pytest.mark.parametrize(
@@ -353,13 +353,13 @@ def test_raw_matrix_with_fewer_rows_under_model2vec_semantics(tmp_path: Path) ->
 def test_raw_path_holding_another_format(tmp_path: Path, content: bytes, what: str) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
     (folder / "vocab_matrix.bin").write_bytes(content)
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "not a raw float32 matrix", what)
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "not a raw float32 matrix", what)
 
 
 def test_safetensors_file_named_bin(pristine: Path, tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
     (folder / "vocab_matrix.bin").write_bytes((pristine / "model.safetensors").read_bytes())
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "safetensors")
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "safetensors")
 
 
 # -- paths ---------------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def test_tokenizer_option_that_is_a_loop(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM, with_tokenizer=False)
     loop = tmp_path / "tok"
     loop.symlink_to(loop)
-    assert_blames(refusal(folder, dim=DIM, tokenizer=str(loop)), loop, "symbolic link loop")
+    assert_blames(refusal(folder, raw_dim=DIM, tokenizer=str(loop)), loop, "symbolic link loop")
 
 
 def test_matrix_file_paths_still_load(pristine: Path, tmp_path: Path) -> None:
@@ -437,10 +437,10 @@ def test_matrix_file_paths_still_load(pristine: Path, tmp_path: Path) -> None:
         ("dimensionality", 2.0, "dimensionality"),
         ("dimensionality", "4", "dimensionality"),
         ("dimensionality", True, "dimensionality"),
-        ("dim", 0, "dim"),
-        ("dim", -8, "dim"),
-        ("dim", 8.0, "dim"),
-        ("dim", None, "dim"),
+        ("raw_dim", 0, "raw_dim"),
+        ("raw_dim", -8, "raw_dim"),
+        ("raw_dim", 8.0, "raw_dim"),
+        ("raw_dim", None, "raw_dim"),
         ("semantics", "bogus", "semantics"),
         ("semantics", 3, "semantics"),
         ("sha256", "abc", "sha256"),
