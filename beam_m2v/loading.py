@@ -122,17 +122,13 @@ def _load_files(files: ModelFiles, options: ModelOptions) -> StaticEmbedder:
             Semantics.STATIC_BACKEND, normalize=True if normalize is None else bool(normalize), max_length=None
         )
     else:
-        settings = EncodingSettings(
-            Semantics.MODEL2VEC,
-            normalize=config_normalize if normalize is None else bool(normalize),
-            max_length=config_max_length if max_length is MODEL_DEFAULT else _plain_int(max_length),
-        )
+        if max_length is MODEL_DEFAULT:
+            max_length = config_max_length
+        elif max_length is not None:
+            max_length = int(max_length)  # a numpy integer as a Python int
+        normalize = config_normalize if normalize is None else bool(normalize)
+        settings = EncodingSettings(Semantics.MODEL2VEC, normalize=normalize, max_length=max_length)
     return StaticEmbedder(matrix, hf_tokenizer, settings, files=files)
-
-
-def _plain_int(value: int | None) -> int | None:
-    """A checked integer option as a Python int (numpy integers included); None stays None."""
-    return None if value is None else int(value)
 
 
 def _read_config(files: ModelFiles) -> tuple[bool, int | None]:

@@ -50,11 +50,6 @@ def _describe_json(value: object) -> str:
     return f"{text} ({kind})" if kind else text
 
 
-def _positive_integer(value: object) -> bool:
-    """Whether ``value`` is an integer >= 1 (bools excluded)."""
-    return is_integer(value) and int(value) >= 1  # type: ignore[call-overload]
-
-
 def _token_budget(value: object) -> bool:
     """Whether ``value`` is a token budget: an integer >= 0 (bools excluded; 0 gives zero vectors, as in model2vec)."""
     return is_integer(value) and int(value) >= 0  # type: ignore[call-overload]
@@ -81,7 +76,7 @@ def check_load_options(source: str, options: ModelOptions) -> None:
     semantics = options.semantics
     if semantics is not None and str(getattr(semantics, "value", semantics)) not in _SEMANTICS:
         problems.append(f"semantics must be 'model2vec', 'static_backend' or None, got {_describe(semantics)}")
-    if not _positive_integer(options.raw_dim):
+    if not (is_integer(options.raw_dim) and options.raw_dim >= 1):
         problems.append(
             f"raw_dim (columns of a raw matrix) must be a positive integer, got {_describe(options.raw_dim)}"
         )

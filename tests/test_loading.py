@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tiny_models import (
 
 import beam_m2v
 from beam_m2v import ModelLoadError
+from beam_m2v.sources import HubOptions
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [*TRAINING_CORPUS[:25], "", "   ", "[CLS] x [SEP]", "\U0001f9ec unknown \u16a0", "hello world " * 400]
@@ -511,3 +513,69 @@ except beam_m2v.ModelLoadError as error:
     assert np.array_equal(np.load(out), vectors_of(hub.main))
     assert np.array_equal(np.load(out.with_name("pinned.npy")), vectors_of(hub.other))
     assert "ERROR: owner/absent:" in result.stdout and "HF_HUB_OFFLINE" in result.stdout
+
+
+# -- the hub token: used in the launching process, never written into a pipeline ------------------
+
+SECRET = "hf_" + "s3cr3t" * 6
+
+
+def test_hub_token_stays_out_of_repr_and_pickles(pristine: Path) -> None:
+    import cloudpickle
+    from apache_beam.internal import pickler
+
+    spec = beam_m2v.ModelSpec.of(str(pristine), token=SECRET, dimensionality=4)
+    transform = beam_m2v.EmbedText(str(pristine), token=SECRET)
+    assert spec.token == SECRET and transform.spec.token == SECRET  # kept for this process's own loads
+    for shown in (repr(spec), str(spec), repr(transform.spec), repr(HubOptions(token=SECRET))):
+        assert SECRET not in shown and "token" not in shown, shown
+    assert repr(spec) == f"ModelSpec({str(pristine)!r}, dimensionality=4)"
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        assert SECRET.encode() not in dumps(spec) and SECRET.encode() not in dumps(transform)
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy.token is None and copy.token_withheld and not spec.token_withheld
+    assert copy == spec and hash(copy) == hash(spec)  # the same process-cache entry
+    assert pickler.loads(pickler.dumps(spec)).token is None
+    assert pickle.loads(pickle.dumps(beam_m2v.ModelSpec.of(str(pristine)))).token_withheld is False
+
+
+def test_hub_token_is_not_in_the_pipeline_graph(pristine: Path) -> None:
+    """Every DoFn of the pipeline proto, unpickled as a worker does, holds no token."""
+    import apache_beam as beam
+    from apache_beam.internal import pickler
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    _ = pipeline | beam.Create(["a text"]) | beam_m2v.EmbedText(str(pristine), token=SECRET)
+    specs = []
+    for transform in pipeline.to_runner_api().components.transforms.values():
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            do_fn = pickler.loads(payload.do_fn.payload)[0]
+            specs += [value for value in vars(do_fn).values() if isinstance(value, beam_m2v.ModelSpec)]
+    assert len(specs) == 1 and specs[0].token is None and specs[0].token_withheld
+
+
+def test_a_wrong_token_value_is_not_shown(pristine: Path) -> None:
+    error = load_error(pristine, token=SECRET.encode())
+    assert "token must be a string or None, got a bytes" in error.problem and SECRET not in str(error)
+
+
+def test_a_worker_without_the_token_is_told_to_set_hf_token(
+    hub: Hub, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    launcher = beam_m2v.ModelSpec.of("owner/private", token=SECRET, cache_dir=str(hub.cache))
+    with pytest.raises(ModelLoadError) as info:
+        launcher.load()
+    assert "HF_TOKEN" not in info.value.problem.replace("HF_HUB_OFFLINE", "")
+    worker = pickle.loads(pickle.dumps(launcher))
+    with pytest.raises(ModelLoadError, match="set HF_TOKEN there") as info:
+        worker.load()
+    assert info.value.path == "owner/private" and SECRET not in str(info.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_worker")  # the worker's own token is used: no hint
+    with pytest.raises(ModelLoadError) as info:
+        worker.load()
+    assert "set HF_TOKEN there" not in info.value.problem
+    assert beam_m2v.load_model("owner/name", cache_dir=str(hub.cache), token=SECRET).dim == 8

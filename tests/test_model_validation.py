@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import pickle
@@ -29,6 +31,7 @@ from tiny_models import (
 
 import beam_m2v
 from beam_m2v import InvalidTextError, ModelLoadError
+from beam_m2v.model_options import ModelKeywords, ModelOptions
 from beam_m2v.transforms.model_cache import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -323,9 +326,13 @@ def test_bundled_model_as_raw_matrix_read_with_the_wrong_dim(model_64_path: Path
     (folder / "tokenizer.json").write_bytes((model_64_path / "tokenizer.json").read_bytes())
     for wrong in (32, 16, 8):
         error = refusal(folder, raw_dim=wrong)
-        assert_blames(error, folder / "vocab_matrix.bin", f"raw_dim={wrong}", "pass raw_dim=64", f"{rows.shape[0]} rows")
+        assert_blames(
+            error, folder / "vocab_matrix.bin", f"raw_dim={wrong}", "pass raw_dim=64", f"{rows.shape[0]} rows"
+        )
     for wrong in (128, 256):  # the default; 29,525 rows x 64 values are not a multiple of either
-        assert_blames(refusal(folder, raw_dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}")
+        assert_blames(
+            refusal(folder, raw_dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}"
+        )
     assert beam_m2v.load_model(folder, raw_dim=64).dim == 64
 
 
@@ -460,6 +467,50 @@ def test_bad_keywords_refused_naming_the_source(pristine: Path, keyword: str, va
         beam_m2v.EmbedText(str(pristine), **{keyword: value})  # type: ignore[misc]
 
 
+def test_model_options_are_defined_once() -> None:
+    """load_model's keywords, ModelKeywords and ModelSpec all follow the fields of ModelOptions."""
+    names = [option.name for option in dataclasses.fields(ModelOptions)]
+    assert list(ModelKeywords.__annotations__) == names
+    keywords = {
+        name: parameter.default
+        for name, parameter in inspect.signature(beam_m2v.load_model).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert list(keywords) == [*names, "dim"]  # dim: the old name of raw_dim
+    assert all(keywords[option.name] is option.default for option in dataclasses.fields(ModelOptions))
+    assert [option.name for option in dataclasses.fields(ModelSpec)] == [*names, "source"]
+
+
+def test_the_old_dim_keyword_is_raw_dim(tmp_path: Path) -> None:
+    folder = build_raw_model(tmp_path / "raw", dim=DIM)
+    with pytest.warns(DeprecationWarning, match="raw_dim"):
+        old = beam_m2v.load_model(folder, dim=DIM)
+    assert np.array_equal(old.encode(TEXTS), beam_m2v.load_model(folder, raw_dim=DIM).encode(TEXTS))
+    with pytest.warns(DeprecationWarning, match="raw_dim"):
+        assert beam_m2v.EmbedText(str(folder), dim=DIM).spec.raw_dim == DIM  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="both dim= and its new name raw_dim="), pytest.warns(DeprecationWarning):
+        ModelSpec.of(str(folder), dim=DIM, raw_dim=DIM)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        beam_m2v.EmbedText,
+        beam_m2v.EmbedTables,
+        beam_m2v.Model2VecModelHandler,
+        lambda model, **options: beam_m2v.Model2VecEmbeddings(model, columns=["text"], **options),
+    ],
+    ids=["EmbedText", "EmbedTables", "Model2VecModelHandler", "Model2VecEmbeddings"],
+)
+def test_an_unknown_model_keyword_is_a_type_error(pristine: Path, make: Any, request: pytest.FixtureRequest) -> None:
+    name = request.node.callspec.id
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'dimensionalty' "):
+        make(str(pristine), dimensionalty=3)
+    with pytest.raises(TypeError, match=r"\(did you mean 'dimensionality'\?\)"):
+        make(str(pristine), dimensionalty=3)
+    assert make(str(pristine), dimensionality=3).spec.dimensionality == 3  # a well-spelled one is taken
+
+
 @pytest.mark.parametrize("value", [0, -1, DIM + 1, 10**20])
 def test_dimensionality_out_of_range_names_the_matrix(pristine: Path, value: int) -> None:
     assert_blames(
@@ -564,4 +615,21 @@ def test_command_line_refuses_a_damaged_model_in_one_line(model: Path, tmp_path:
     assert "Traceback" not in result.stderr, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("beam-m2v embed: error:")]
     assert str(model / "config.json") in line and "max_length" in line
+    assert not output.exists()
+
+
+def test_command_line_refuses_a_gs_model_without_the_gcp_extra_in_one_line(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    sample = str(REPO / "samples" / "linux-doc-sample.parquet")
+    code = f"""
+import sys
+sys.modules["google.cloud.storage"] = None  # as if beam-m2v[gcp] were not installed
+from pipelines.cli import main
+sys.exit(main(["embed", "--input", {sample!r}, "--output", {str(output)!r}, "--model", "gs://bucket/models/m2v"]))
+"""
+    result = run_python(code)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("beam-m2v embed: error:")]
+    assert "gs://bucket/models/m2v" in line and "pip install 'beam-m2v[gcp]'" in line, line
     assert not output.exists()

@@ -34,10 +34,12 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
 
     Args:
         model: the model source, or a ``ModelSpec``.
-        min_batch_size, max_batch_size, max_batch_duration_secs, max_batch_weight,
-            element_size_fn, batch_length_fn, batch_bucket_boundaries: Beam's batching of
-            ``RunInference``, as in every Beam model handler (batches of 1 to 1,024 texts by
-            default: large enough to keep both cores of a worker busy).
+        min_batch_size, max_batch_size, max_batch_duration_secs, element_size_fn,
+            batch_length_fn, batch_bucket_boundaries: Beam's batching of ``RunInference``, as in
+            every Beam model handler (batches of 1 to 1,024 texts by default: large enough to
+            keep both cores of a worker busy). With ``element_size_fn=len``, ``max_batch_size``
+            bounds the characters of a batch. (``max_batch_weight`` is not offered: Beam 2.77's
+            ``BatchElements`` does not take it, so ``RunInference`` would fail with it.)
         large_model, model_copies: share one model between processes through Beam's
             ``MultiProcessShared``. Not needed for memory: the matrix is memory-mapped, so the
             processes of a machine already share its pages.
@@ -53,7 +55,6 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
         min_batch_size: int | None = 1,
         max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
         max_batch_duration_secs: int | None = None,
-        max_batch_weight: int | None = None,
         element_size_fn: Callable[[Any], int] | None = None,
         batch_length_fn: Callable[[Any], int] | None = None,
         batch_bucket_boundaries: list[int] | None = None,
@@ -66,7 +67,6 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
             max_batch_duration_secs=max_batch_duration_secs,
-            max_batch_weight=max_batch_weight,
             element_size_fn=element_size_fn,
             batch_length_fn=batch_length_fn,
             batch_bucket_boundaries=batch_bucket_boundaries,

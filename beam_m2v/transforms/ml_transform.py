@@ -28,13 +28,6 @@ from beam_m2v.transforms.metrics import NAMESPACE
 from beam_m2v.transforms.model_cache import ModelSpec
 
 
-def rag_text_adapter() -> EmbeddingTypeAdapter[Any, Any]:
-    """Beam's RAG adapter: embeds ``item.content.text`` and sets ``item.embedding.dense_embedding``."""
-    from apache_beam.ml.rag.embeddings.base import create_text_adapter
-
-    return create_text_adapter()
-
-
 class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
     """Model2Vec embeddings for ``MLTransform`` (with ``columns=``) or RAG pipelines (without).
 
@@ -64,8 +57,10 @@ class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
         ``load_model_args`` and ``model_options`` are model options (``ModelKeywords``), the
         keywords winning; an unknown one is a ``TypeError``.
         """
-        if columns is None and type_adapter is None:
-            type_adapter = rag_text_adapter()
+        if columns is None and type_adapter is None:  # Beam's RAG adapter: item.content.text -> item.embedding
+            from apache_beam.ml.rag.embeddings.base import create_text_adapter
+
+            type_adapter = create_text_adapter()
         super().__init__(
             columns=columns,
             type_adapter=type_adapter,
