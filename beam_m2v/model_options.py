@@ -113,17 +113,18 @@ class ModelKeywords(TypedDict, total=False):
 OPTION_NAMES: tuple[str, ...] = tuple(option.name for option in fields(ModelOptions))
 
 
-def option_overrides(given: Mapping[str, Any], *, caller: str) -> dict[str, Any]:
+def option_overrides(given: Mapping[str, Any], *, caller: str, stacklevel: int = 3) -> dict[str, Any]:
     """The options among ``given`` keywords that replace defaults: not None (but ``max_length=None`` counts).
 
-    Old names (``dim``) are accepted with a ``DeprecationWarning``; any other unknown keyword is
-    a ``TypeError`` naming ``caller``, as Python reports a wrong keyword.
+    Old names (``dim``) are accepted with a ``DeprecationWarning`` (``stacklevel`` as in
+    ``warnings.warn``, counted from here: it should point at the user's call); any other unknown
+    keyword is a ``TypeError`` naming ``caller``, as Python reports a wrong keyword.
     """
     overrides: dict[str, Any] = {}
     for name, value in given.items():
         if name in RENAMED_OPTIONS:
             new = RENAMED_OPTIONS[name]
-            warnings.warn(f"{caller}: {name}= is now called {new}=", DeprecationWarning, stacklevel=3)
+            warnings.warn(f"{caller}: {name}= is now called {new}=", DeprecationWarning, stacklevel=stacklevel)
             if new in given:
                 raise TypeError(f"{caller} got both {name}= and its new name {new}=")
             name = new

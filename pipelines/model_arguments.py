@@ -101,4 +101,4 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_arguments(source: str, args: argparse.Namespace) -> ModelSpec:
     """The ``ModelSpec`` of ``source`` with the options parsed by ``add_model_arguments``."""
     options = {argument.option: getattr(args, argument.dest) for argument in MODEL_ARGUMENTS}
-    return ModelSpec.of(source, caller="the command line", **options)
+    return ModelSpec.from_keywords(source, options, caller="the command line")

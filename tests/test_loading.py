@@ -175,7 +175,7 @@ def test_raw_format_with_separate_tokenizer(tmp_path: Path) -> None:
     tokenizer_dir = tmp_path / "tok"
     tokenizer_dir.mkdir()
     make_tokenizer("wordpiece").save(str(tokenizer_dir / "tokenizer.json"))
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, folder / "tokenizer.json", "missing tokenizer")
     by_folder = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir))
     by_file = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
@@ -192,7 +192,7 @@ def test_raw_length_not_multiple_of_4(tmp_path: Path) -> None:
     with open(matrix, "ab") as handle:
         handle.write(b"\x00\x01")
     size = matrix.stat().st_size
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, matrix, "multiple of 4", str(size))
 
 
@@ -202,17 +202,17 @@ def test_raw_length_not_multiple_of_dim(tmp_path: Path) -> None:
     with open(matrix, "ab") as handle:
         handle.write(np.ones(3, dtype="<f4").tobytes())
     size = matrix.stat().st_size
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, matrix, str(size))
     assert re.search(rf"\b{RAW_DIM}\b", error.problem), error.problem
-    wrong_dim = load_error(build_raw_model(tmp_path / "raw2", dim=RAW_DIM), dim=7)
+    wrong_dim = load_error(build_raw_model(tmp_path / "raw2", dim=RAW_DIM), raw_dim=7)
     assert re.search(r"\b7\b", wrong_dim.problem)
 
 
 def test_raw_empty_file(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=RAW_DIM)
     (folder / "vocab_matrix.bin").write_bytes(b"")
-    assert_names(load_error(folder, dim=RAW_DIM), folder / "vocab_matrix.bin", "empty")
+    assert_names(load_error(folder, raw_dim=RAW_DIM), folder / "vocab_matrix.bin", "empty")
 
 
 # -- folder errors -------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_hub_sentence_transformers_layout(hub: Hub, offline: None) -> None:
 
 def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None) -> None:
     model = beam_m2v.load_model(
-        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", dim=RAW_DIM, cache_dir=str(hub.cache)
+        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", raw_dim=RAW_DIM, cache_dir=str(hub.cache)
     )
     local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), raw_dim=RAW_DIM)
     assert model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
@@ -464,10 +464,10 @@ def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None
     )
     assert np.abs(model.encode(TEXTS) - expected).max() <= 1e-6
     error = load_error(
-        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/missing", dim=RAW_DIM, cache_dir=str(hub.cache)
+        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/missing", raw_dim=RAW_DIM, cache_dir=str(hub.cache)
     )
     assert "owner2/missing" in str(error)
-    error = load_error("hf://owner/raw/vocab_matrix.bin", dim=RAW_DIM, cache_dir=str(hub.cache))
+    error = load_error("hf://owner/raw/vocab_matrix.bin", raw_dim=RAW_DIM, cache_dir=str(hub.cache))
     assert "owner/raw/tokenizer.json" in str(error)
 
 

@@ -163,7 +163,7 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
         **model_options: Unpack[ModelKeywords],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(model, caller="EmbedTables()", **model_options)
+        self.spec = ModelSpec.from_keywords(model, model_options, caller="EmbedTables()")
         self.text_column = text_column
         self.output_column = output_column
 

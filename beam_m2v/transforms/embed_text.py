@@ -147,7 +147,7 @@ class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):
         **model_options: Unpack[ModelKeywords],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(model, caller="EmbedText()", **model_options)
+        self.spec = ModelSpec.from_keywords(model, model_options, caller="EmbedText()")
         self.access = ElementAccess(text_field, output_field, output_format)
         if batch_size < 1 or not 1 <= min_batch_size <= batch_size:
             raise ValueError(f"need 1 <= min_batch_size <= batch_size, got {min_batch_size}, {batch_size}")

@@ -74,7 +74,7 @@ class Model2VecModelHandler(ModelHandler[str, PredictionResult, StaticEmbedder])
             model_copies=model_copies,
             env_vars=env_vars or {},
         )
-        self.spec = ModelSpec.of(model, caller="Model2VecModelHandler()", **model_options)
+        self.spec = ModelSpec.from_keywords(model, model_options, caller="Model2VecModelHandler()")
 
     def load_model(self) -> StaticEmbedder:
         """The process-wide memory-mapped model (loaded once per process, shared by all threads)."""

@@ -71,7 +71,7 @@ class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
             inference_args=inference_args or {},
         )
         given = {**self.load_model_args, **model_options}
-        self.spec = ModelSpec.of(model, caller="Model2VecEmbeddings()", **given)
+        self.spec = ModelSpec.from_keywords(model, given, caller="Model2VecEmbeddings()")
 
     def get_model_handler(self) -> Model2VecModelHandler:
         """The RunInference handler embedding plain texts."""

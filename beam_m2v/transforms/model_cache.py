@@ -10,14 +10,18 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.loading import load_with_options
 from beam_m2v.model_checks import check_load_options
-from beam_m2v.model_options import ModelOptions, option_overrides
+from beam_m2v.model_options import ModelKeywords, ModelOptions, option_overrides
 from beam_m2v.thread_budget import check_settings
 from beam_m2v.transforms import thread_options  # noqa: F401  (registers --m2v_threads_per_worker with Beam)
 
@@ -49,14 +53,16 @@ class ModelSpec(ModelOptions):
         return f"ModelSpec({', '.join([repr(self.source), *options])})"
 
     @classmethod
-    def of(
-        cls, model: ModelSpec | str | os.PathLike[str], *, caller: str = "ModelSpec.of()", **options: Any
-    ) -> ModelSpec:
-        """A spec from a source (or another spec); each option given (and not None) overrides the spec's.
+    def of(cls, model: ModelSpec | str | os.PathLike[str], **options: Unpack[ModelKeywords]) -> ModelSpec:
+        """A spec from a source (or another spec); each option given (and not None) overrides the spec's."""
+        return cls.from_keywords(model, options, caller="ModelSpec.of()")
 
-        ``options`` are ``ModelKeywords``; an unknown one is a ``TypeError`` naming ``caller``.
-        """
-        overrides = option_overrides(options, caller=caller)
+    @classmethod
+    def from_keywords(
+        cls, model: ModelSpec | str | os.PathLike[str], options: Mapping[str, Any], *, caller: str
+    ) -> ModelSpec:
+        """``of`` for a transform's ``**model_options``: an unknown keyword is a ``TypeError`` naming ``caller``."""
+        overrides = option_overrides(options, caller=caller, stacklevel=4)  # here, of() or __init__, the user
         if isinstance(model, ModelSpec):
             return replace(model, **overrides)
         return cls(source=os.fspath(model), **overrides)
@@ -66,7 +72,9 @@ class ModelSpec(ModelOptions):
         try:
             return load_with_options(self.source, self)
         except ModelLoadError as error:
-            if not self.token_withheld or os.environ.get("HF_TOKEN"):
+            from huggingface_hub import get_token
+
+            if not self.token_withheld or get_token():  # HF_TOKEN, or the machine's huggingface-cli login
                 raise
             raise ModelLoadError(
                 error.path,
