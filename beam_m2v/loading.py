@@ -14,43 +14,30 @@ from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.matrix_files import map_raw_matrix, map_safetensors
 from beam_m2v.model_checks import check_finite, check_load_options, config_settings
+from beam_m2v.model_options import DEFAULT_RAW_DIM, MODEL_DEFAULT, ModelOptions, option_overrides
 from beam_m2v.pooling import VocabularyMatrix
 from beam_m2v.sources import HubOptions, Layout, ModelFiles, resolve_model_files
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 512
-DEFAULT_RAW_DIM = 256
-
-
-class _Unset:
-    """Marker for 'use the model's own value'."""
-
-    def __repr__(self) -> str:
-        return "<model's own>"
-
-    def __reduce__(self) -> str:
-        """Pickle as the module-level singleton, so ``is MODEL_DEFAULT`` survives pickling."""
-        return "MODEL_DEFAULT"
-
-
-MODEL_DEFAULT: Any = _Unset()
-"""Default of ``load_model(max_length=...)``: the model config's value (512 when absent)."""
+_NOT_GIVEN: Any = object()
 
 
 def load_model(
     source: str | os.PathLike[str],
     *,
-    tokenizer: str | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
     dimensionality: int | None = None,
     normalize: bool | None = None,
     max_length: int | None = MODEL_DEFAULT,
     semantics: Semantics | str | None = None,
-    dim: int = DEFAULT_RAW_DIM,
+    raw_dim: int = DEFAULT_RAW_DIM,
     revision: str | None = None,
     token: str | None = None,
-    cache_dir: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     sha256: str | None = None,
+    dim: int = _NOT_GIVEN,
 ) -> StaticEmbedder:
     """Load a static model, memory-mapped, ready to ``encode``.
 
@@ -66,13 +53,17 @@ def load_model(
         semantics: ``"model2vec"`` (default for model2vec and Sentence Transformers folders) or
             ``"static_backend"`` (default for the raw format; ``"seed"`` is its old name): which reference the
             vectors reproduce.
-        dim: number of columns of a raw ``vocab_matrix.bin`` (the StaticBackend's default, 256).
+        raw_dim: number of columns of a raw ``vocab_matrix.bin`` (the StaticBackend's default, 256).
         revision: hub revision (branch, tag or commit), as in ``huggingface_hub.snapshot_download``.
-        token: hub access token for private models.
+        token: hub access token for private models; by default huggingface_hub's own (``HF_TOKEN``
+            or ``huggingface-cli login``).
         cache_dir: hub cache folder; by default huggingface_hub's, honouring ``HF_HOME``,
             ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``.
         sha256: expected SHA-256 of the matrix file of a model on a remote filesystem
             (``gs://``, ``s3://``...; copied once per machine into ``$BEAM_M2V_CACHE``).
+        dim: the old name of ``raw_dim`` (deprecated).
+
+    Each keyword is a field of ``beam_m2v.model_options.ModelOptions``.
 
     Raises:
         ModelLoadError: naming the file and the problem when the model is missing or damaged.
@@ -80,51 +71,48 @@ def load_model(
     """
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(repr(source), f"a model source is a path, URL or hub id, not {type(source).__name__}")
-    check_load_options(
-        os.fspath(source),
-        tokenizer=tokenizer,
+    if dim is not _NOT_GIVEN:
+        raw_dim = option_overrides({"dim": dim}, caller="load_model()").get("raw_dim", dim)
+    options = ModelOptions(
+        tokenizer=tokenizer,  # type: ignore[arg-type]  # a path is kept as its str
         dimensionality=dimensionality,
         normalize=normalize,
-        max_length=None if max_length is MODEL_DEFAULT else max_length,
+        max_length=max_length,
         semantics=semantics,
-        dim=dim,
+        raw_dim=raw_dim,
         revision=revision,
         token=token,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir,  # type: ignore[arg-type]  # a path is kept as its str
         sha256=sha256,
     )
-    hub = HubOptions(
-        revision=revision, token=token, cache_dir=os.fspath(cache_dir) if cache_dir else None, sha256=sha256
-    )
-    files = resolve_model_files(
-        os.fspath(source), tokenizer=None if tokenizer is None else os.fspath(tokenizer), hub=hub
-    )
+    return load_with_options(os.fspath(source), options)
+
+
+def load_with_options(source: str, options: ModelOptions) -> StaticEmbedder:
+    """``load_model(source, **options)``: check the options, resolve the files, read and check the model."""
+    check_load_options(source, options)
+    hub = HubOptions(revision=options.revision, token=options.token, cache_dir=options.cache_dir)
+    files = resolve_model_files(source, tokenizer=options.tokenizer, hub=hub, sha256=options.sha256)
     try:
-        return _load_files(files, dimensionality, normalize, max_length, semantics, dim)
+        return _load_files(files, options)
     except ModelLoadError as error:
         if files.remote is None:
             raise
         raise ModelLoadError(files.remote_name(error.path), error.problem) from None
 
 
-def _load_files(
-    files: ModelFiles,
-    dimensionality: int | None,
-    normalize: bool | None,
-    max_length: int | None,
-    semantics: Semantics | str | None,
-    dim: int,
-) -> StaticEmbedder:
+def _load_files(files: ModelFiles, options: ModelOptions) -> StaticEmbedder:
     """Read, check and assemble the model from resolved local files."""
     config_normalize, config_max_length = _read_config(files)
     hf_tokenizer = _read_tokenizer(files.tokenizer)
-    matrix = _read_matrix(files, int(dim))
+    matrix = _read_matrix(files, int(options.raw_dim))
     chosen = (
-        Semantics(semantics)
-        if semantics is not None
+        Semantics(options.semantics)
+        if options.semantics is not None
         else (Semantics.STATIC_BACKEND if files.layout is Layout.RAW else Semantics.MODEL2VEC)
     )
     _check_rows(files, matrix, hf_tokenizer, chosen)
+    dimensionality, normalize, max_length = options.dimensionality, options.normalize, options.max_length
     if dimensionality is not None:
         if not 0 < dimensionality <= matrix.dim:
             raise ModelLoadError(files.matrix, f"dimensionality {dimensionality} is not in 1..{matrix.dim}")
@@ -134,17 +122,13 @@ def _load_files(
             Semantics.STATIC_BACKEND, normalize=True if normalize is None else bool(normalize), max_length=None
         )
     else:
-        settings = EncodingSettings(
-            Semantics.MODEL2VEC,
-            normalize=config_normalize if normalize is None else bool(normalize),
-            max_length=config_max_length if max_length is MODEL_DEFAULT else _plain_int(max_length),
-        )
+        if max_length is MODEL_DEFAULT:
+            max_length = config_max_length
+        elif max_length is not None:
+            max_length = int(max_length)  # a numpy integer as a Python int
+        normalize = config_normalize if normalize is None else bool(normalize)
+        settings = EncodingSettings(Semantics.MODEL2VEC, normalize=normalize, max_length=max_length)
     return StaticEmbedder(matrix, hf_tokenizer, settings, files=files)
-
-
-def _plain_int(value: int | None) -> int | None:
-    """A checked integer option as a Python int (numpy integers included); None stays None."""
-    return None if value is None else int(value)
 
 
 def _read_config(files: ModelFiles) -> tuple[bool, int | None]:
@@ -174,10 +158,10 @@ def _read_tokenizer(path: str) -> Tokenizer:
 _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8)}
 
 
-def _read_matrix(files: ModelFiles, dim: int) -> VocabularyMatrix:
+def _read_matrix(files: ModelFiles, raw_dim: int) -> VocabularyMatrix:
     """Memory-map the vocabulary matrix (and mapping/weights of vocabulary-quantized models), checked."""
     if files.layout is Layout.RAW:
-        raw = map_raw_matrix(files.matrix, dim)
+        raw = map_raw_matrix(files.matrix, raw_dim)
         check_finite(files.matrix, "vocab_matrix", raw)
         return VocabularyMatrix(raw)
     tensors = map_safetensors(files.matrix)
@@ -233,7 +217,7 @@ def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenize
     """Every id the tokenizer can produce needs a row (the static_backend semantics skips ids past the matrix).
 
     A raw matrix has no shape of its own: one whose values are exactly the tokenizer's ids
-    times another width was read with the wrong ``dim`` and is refused; other row counts
+    times another width was read with the wrong ``raw_dim`` and is refused; other row counts
     can be legitimate and only get a warning (more rows) or, under the static_backend
     semantics, skipped ids (fewer rows).
     """
@@ -244,9 +228,9 @@ def _check_rows(files: ModelFiles, matrix: VocabularyMatrix, tokenizer: Tokenize
         if values % needed == 0:
             raise ModelLoadError(
                 files.matrix,
-                f"read with dim={matrix.dim} this matrix has {matrix.rows} rows, but its {values} values are "
+                f"read with raw_dim={matrix.dim} this matrix has {matrix.rows} rows, but its {values} values are "
                 f"exactly {needed} rows of dimension {values // needed}, one per id of the tokenizer "
-                f"{files.tokenizer}: pass dim={values // needed}",
+                f"{files.tokenizer}: pass raw_dim={values // needed}",
             )
         if matrix.rows > needed:
             logger.warning(

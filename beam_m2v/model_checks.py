@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from beam_m2v.errors import ModelLoadError
+from beam_m2v.model_options import MODEL_DEFAULT, ModelOptions
 
 #: Bytes of a matrix looked at per step of the finite check (a few MB: the mask stays in cache).
 FINITE_CHUNK_BYTES = 1 << 22
@@ -49,37 +50,21 @@ def _describe_json(value: object) -> str:
     return f"{text} ({kind})" if kind else text
 
 
-def _positive_integer(value: object) -> bool:
-    """Whether ``value`` is an integer >= 1 (bools excluded)."""
-    return is_integer(value) and int(value) >= 1  # type: ignore[call-overload]
-
-
 def _token_budget(value: object) -> bool:
     """Whether ``value`` is a token budget: an integer >= 0 (bools excluded; 0 gives zero vectors, as in model2vec)."""
     return is_integer(value) and int(value) >= 0  # type: ignore[call-overload]
 
 
-def check_load_options(
-    source: str,
-    *,
-    tokenizer: object = None,
-    dimensionality: object = None,
-    normalize: object = None,
-    max_length: object = None,
-    semantics: object = None,
-    dim: object = 256,
-    revision: object = None,
-    token: object = None,
-    cache_dir: object = None,
-    sha256: object = None,
-) -> None:
-    """Check the types and ranges of ``load_model``'s keywords; ModelLoadError naming ``source`` otherwise.
+def check_load_options(source: str, options: ModelOptions) -> None:
+    """Check the types and ranges of the model options; ModelLoadError naming ``source`` otherwise.
 
     ``dimensionality`` is only checked to be an integer here: its range, 1 to the matrix's
-    width, is checked once the matrix is read. ``max_length`` None means no truncation (pass None
-    too when the model's own value is wanted).
+    width, is checked once the matrix is read. ``max_length`` None means no truncation. The
+    hub token's value never appears in a message, only its type.
     """
     problems: list[str] = []
+    tokenizer, dimensionality, normalize = options.tokenizer, options.dimensionality, options.normalize
+    max_length = None if options.max_length is MODEL_DEFAULT else options.max_length
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         problems.append(f"tokenizer must be a path or hub id, got {_describe(tokenizer)}")
     if dimensionality is not None and not is_integer(dimensionality):
@@ -88,15 +73,20 @@ def check_load_options(
         problems.append(f"normalize must be True, False or None (the model's own), got {_describe(normalize)}")
     if max_length is not None and not _token_budget(max_length):
         problems.append(f"max_length must be an integer >= 0 or None (no truncation), got {_describe(max_length)}")
+    semantics = options.semantics
     if semantics is not None and str(getattr(semantics, "value", semantics)) not in _SEMANTICS:
         problems.append(f"semantics must be 'model2vec', 'static_backend' or None, got {_describe(semantics)}")
-    if not _positive_integer(dim):
-        problems.append(f"dim (columns of a raw matrix) must be a positive integer, got {_describe(dim)}")
-    for name, value in (("revision", revision), ("token", token)):
-        if value is not None and not isinstance(value, str):
-            problems.append(f"{name} must be a string or None, got {_describe(value)}")
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        problems.append(f"cache_dir must be a path or None, got {_describe(cache_dir)}")
+    if not (is_integer(options.raw_dim) and options.raw_dim >= 1):
+        problems.append(
+            f"raw_dim (columns of a raw matrix) must be a positive integer, got {_describe(options.raw_dim)}"
+        )
+    if options.revision is not None and not isinstance(options.revision, str):
+        problems.append(f"revision must be a string or None, got {_describe(options.revision)}")
+    if options.token is not None and not isinstance(options.token, str):
+        problems.append(f"token must be a string or None, got a {type(options.token).__name__}")
+    if options.cache_dir is not None and not isinstance(options.cache_dir, (str, os.PathLike)):
+        problems.append(f"cache_dir must be a path or None, got {_describe(options.cache_dir)}")
+    sha256 = options.sha256
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
         problems.append(f"sha256 must be 64 hexadecimal digits, got {_describe(sha256)}")
     if problems:

@@ -62,7 +62,7 @@ class RemoteFile:
     mtime: float
 
 
-def list_remote_model(source: str, extra: Sequence[str] = ()) -> list[RemoteFile]:
+def list_remote_model(source: str) -> list[RemoteFile]:
     """The model files under a remote folder URL, or a remote matrix file and the tokenizer beside it."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -71,7 +71,7 @@ def list_remote_model(source: str, extra: Sequence[str] = ()) -> list[RemoteFile
         folder, names = source.rsplit("/", 1)[0], [source.rsplit("/", 1)[1], "tokenizer.json", CHECKSUM_FILE]
     else:
         folder, names = source, list(MODEL_FILE_NAMES)
-    urls = [f"{folder}/{name}" for name in names] + list(extra)
+    urls = [f"{folder}/{name}" for name in names]
     check_filesystem_installed(source)
     try:
         results = FileSystems.match(urls)
@@ -125,7 +125,7 @@ def exclusive_lock(path: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fetch_remote_model(source: str, *, sha256: str | None = None, root: str | None = None) -> str:
+def fetch_remote_model(source: str, *, sha256: str | None = None) -> str:
     """Copy a remote model into the local cache once per machine; returns the local folder.
 
     ``sha256`` is the expected digest of the matrix file; a ``SHA256SUMS`` file beside the model
@@ -135,7 +135,7 @@ def fetch_remote_model(source: str, *, sha256: str | None = None, root: str | No
     key = hashlib.sha256(
         "\n".join([source, *sorted(f"{f.name}:{f.size}:{f.mtime}" for f in files), sha256 or ""]).encode()
     ).hexdigest()[:32]
-    root = root or cache_root()
+    root = cache_root()
     os.makedirs(root, exist_ok=True)
     target = os.path.join(root, key)
     if os.path.exists(os.path.join(target, _COMPLETE_MARKER)):

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.remote_files import fetch_remote_model, is_remote
@@ -79,13 +79,11 @@ HUB_ALLOW_PATTERNS: list[str] = sorted(
 
 @dataclass(frozen=True)
 class HubOptions:
-    """How to reach the Hugging Face hub (or its local cache), or a remote filesystem."""
+    """How to reach the Hugging Face hub (or its local cache)."""
 
     revision: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     cache_dir: str | None = None
-    sha256: str | None = None
-    """Expected SHA-256 of the matrix file of a model on a remote filesystem."""
 
 
 def content_fingerprint(files: ModelFiles) -> str:
@@ -178,8 +176,13 @@ def resolve_tokenizer_file(tokenizer: str, hub: HubOptions) -> str:
     return _hub_file(repo_id, path_in_repo or TOKENIZER_NAME, hub)
 
 
-def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOptions | None = None) -> ModelFiles:
-    """Resolve ``source`` (folder, matrix file, ``hf://`` path or hub id) to local model files."""
+def resolve_model_files(
+    source: str, *, tokenizer: str | None = None, hub: HubOptions | None = None, sha256: str | None = None
+) -> ModelFiles:
+    """Resolve ``source`` (folder, matrix file, ``hf://`` path or hub id) to local model files.
+
+    ``sha256`` is the expected digest of the matrix file of a model on a remote filesystem.
+    """
     hub = hub or HubOptions()
     source = os.fspath(source)
     if source.startswith("file://"):
@@ -188,7 +191,7 @@ def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOp
     if problem is not None:
         raise ModelLoadError(source, problem)
     if is_remote(source):
-        files = _resolve_remote(source, hub)
+        files = _resolve_remote(source, sha256)
     elif os.path.isdir(source):
         files = find_layout(source, source)
     elif os.path.isfile(source):
@@ -205,9 +208,9 @@ def resolve_model_files(source: str, *, tokenizer: str | None = None, hub: HubOp
     return files
 
 
-def _resolve_remote(source: str, hub: HubOptions) -> ModelFiles:
+def _resolve_remote(source: str, sha256: str | None) -> ModelFiles:
     """Copy a model from a Beam filesystem (gs://, s3://, ...) into the machine's cache."""
-    local = fetch_remote_model(source, sha256=hub.sha256)
+    local = fetch_remote_model(source, sha256=sha256)
     remote_folder = source.rstrip("/")
     if source.endswith((".bin", ".safetensors")):
         remote_folder, name = remote_folder.rsplit("/", 1)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from beam_m2v import Semantics
 from beam_m2v.transforms.model_cache import ModelSpec
 from beam_m2v.transforms.thread_options import threads_option
+from pipelines import model_arguments
 from pipelines.input_error import InputError
 from pipelines.inputs import JSONL_ROWS_PER_TABLE
-from pipelines.model_facts import semantics_name
 from pipelines.progress import DEFAULT_INTERVAL
 
 DEFAULT_MODEL = "minishlab/potion-base-8M"
@@ -93,56 +92,19 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options: which model, and how it is loaded (read back by ``model_spec_of``)."""
+    """``--model`` and the model options of ``pipelines.model_arguments`` (read back by ``model_spec_of``)."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         metavar="SOURCE",
         help="the model: a local folder, a Hugging Face hub id, hf://owner/name/file, or a gs:// / s3:// folder",
     )
-    parser.add_argument(
-        "--tokenizer",
-        metavar="SOURCE",
-        help="tokenizer file, folder or hub id, for a raw vocab_matrix.bin model without its own tokenizer.json",
-    )
-    parser.add_argument(
-        "--semantics",
-        type=semantics_name,
-        choices=[semantics.value for semantics in Semantics],
-        help="which reference the vectors reproduce: model2vec's StaticModel.encode, or the Rust StaticBackend "
-        "(static_backend; 'seed' is its old name) (default: static_backend for a raw vocab_matrix.bin model, "
-        "model2vec otherwise)",
-    )
-    parser.add_argument(
-        "--dimensionality",
-        type=int,
-        metavar="N",
-        help="keep only the first N dimensions of each vector (default: all of the model's)",
-    )
-    parser.add_argument(
-        "--dim", type=int, metavar="N", help="number of columns of a raw vocab_matrix.bin model (default: 256)"
-    )
-    parser.add_argument(
-        "--hf-revision", metavar="REVISION", help="Hugging Face hub revision: branch, tag or commit (default: main)"
-    )
-    parser.add_argument(
-        "--model-sha256",
-        metavar="HEX",
-        help="expected SHA-256 of the matrix file of a gs:// / s3:// model, checked when a machine copies it",
-    )
+    model_arguments.add_model_arguments(parser)
 
 
 def model_spec_of(args: argparse.Namespace) -> ModelSpec:
     """The model the options of ``add_model_arguments`` name."""
-    return ModelSpec.of(
-        args.model,
-        tokenizer=args.tokenizer,
-        dimensionality=args.dimensionality,
-        semantics=args.semantics,
-        revision=args.hf_revision,
-        sha256=args.model_sha256,
-        dim=args.dim,
-    )
+    return model_arguments.spec_from_arguments(args.model, args)
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -227,3 +227,27 @@ def test_gzip_trailer_size_and_formats(tmp_path: Path) -> None:
     assert gzip_recorded_size(str(path), path.stat().st_size) is None
     assert [format_duration(s) for s in (0.4, 42, 185, 7620)] == ["0 s", "42 s", "3 min 05 s", "2 h 07 min"]
     assert [format_bytes(b) for b in (512, 3_400_000, 1_234_000_000)] == ["512 B", "3.4 MB", "1.2 GB"]
+
+
+def test_model_arguments_set_the_model_options() -> None:
+    """Each model argument of the programs sets the ``ModelOptions`` field it names."""
+    from beam_m2v.model_options import OPTION_NAMES
+    from pipelines.model_arguments import MODEL_ARGUMENTS, add_model_arguments, spec_from_arguments
+
+    assert {argument.option for argument in MODEL_ARGUMENTS} <= set(OPTION_NAMES)
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    sha = "ab" * 32
+    model_options = ["--tokenizer", "tok/", "--semantics", "seed", "--dimensionality", "8", "--dim", "64"]
+    args = parser.parse_args([*model_options, "--hf-revision", "v2", "--model-sha256", sha])
+    spec = spec_from_arguments(MODEL, args)
+    assert spec == beam_m2v.ModelSpec(
+        MODEL,
+        tokenizer="tok/",
+        semantics="static_backend",
+        dimensionality=8,
+        raw_dim=64,
+        revision="v2",
+        sha256=sha,
+    )
+    assert spec_from_arguments(MODEL, parser.parse_args([])) == beam_m2v.ModelSpec(MODEL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -111,3 +113,63 @@ def test_rag_chunks(model_256_path, expected, tmp_path):
                 assert np.array_equal(np.float32(chunk.embedding.dense_embedding), expected[TEXTS[int(chunk.id)]])
 
         assert_that(out, check)
+
+
+def test_handler_passes_beams_knobs_to_model_handler(model_256_path):
+    handler = beam_m2v.Model2VecModelHandler(
+        str(model_256_path),
+        min_batch_size=2,
+        max_batch_size=10,
+        max_batch_duration_secs=7,
+        element_size_fn=len,
+        batch_length_fn=len,
+        batch_bucket_boundaries=[8, 64],
+        model_copies=2,
+    )
+    assert handler.batch_elements_kwargs() == {
+        "min_batch_size": 2,
+        "max_batch_size": 10,
+        "max_batch_duration_secs": 7,
+        "element_size_fn": len,
+        "length_fn": len,
+        "bucket_boundaries": [8, 64],
+    }
+    assert handler.share_model_across_processes() and handler.model_copies() == 2
+    assert beam_m2v.Model2VecModelHandler(str(model_256_path), large_model=True).share_model_across_processes()
+
+
+def test_batches_bounded_by_characters_and_env_vars_on_the_worker(model_256_path, expected, monkeypatch):
+    """Beam batches by text length (``element_size_fn``) and sets ``env_vars`` before the model loads."""
+    monkeypatch.setenv("BEAM_M2V_HANDLER_TEST", "unset")
+    handler = beam_m2v.Model2VecModelHandler(
+        str(model_256_path),
+        max_batch_size=30,
+        element_size_fn=lambda text: max(1, len(text)),
+        env_vars={"BEAM_M2V_HANDLER_TEST": "set by the handler"},
+    )
+    with fn_api_pipeline() as p:
+        results = p | beam.Create(TEXTS) | RunInference(handler)
+        assert_that(
+            results | beam.Map(lambda r: (r.example, np.array_equal(r.inference, expected[r.example]))),
+            lambda out: sorted(out) == sorted((text, True) for text in TEXTS) or pytest.fail(str(out)),
+        )
+    assert os.environ["BEAM_M2V_HANDLER_TEST"] == "set by the handler"  # FnApiRunner runs in this process
+
+
+def test_model2vec_embeddings_takes_embeddings_manager_arguments(model_256_path):
+    manager = beam_m2v.Model2VecEmbeddings(
+        str(model_256_path),
+        columns=["text"],
+        min_batch_size=2,
+        max_batch_size=5,
+        large_model=True,
+        inference_args={},
+        load_model_args={"dimensionality": 16, "normalize": False},
+        normalize=True,
+    )
+    assert (manager.spec.dimensionality, manager.spec.normalize) == (16, True)  # the keyword wins
+    handler = manager.get_model_handler()
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 5}
+    assert handler.share_model_across_processes()
+    with pytest.raises(TypeError, match="'bogus'"):
+        beam_m2v.Model2VecEmbeddings(str(model_256_path), columns=["text"], load_model_args={"bogus": 1})

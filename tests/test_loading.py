@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tiny_models import (
 
 import beam_m2v
 from beam_m2v import ModelLoadError
+from beam_m2v.sources import HubOptions
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [*TRAINING_CORPUS[:25], "", "   ", "[CLS] x [SEP]", "\U0001f9ec unknown \u16a0", "hello world " * 400]
@@ -112,7 +114,7 @@ def test_quantized_and_raw_matrices_are_memory_mapped(tmp_path: Path) -> None:
     matrix = beam_m2v.load_model(folder).matrix
     assert isinstance(matrix.embeddings, np.memmap) and matrix.embeddings.shape == (9, 6)
     assert isinstance(matrix.weights, np.memmap) and not matrix.weights.flags.writeable
-    raw = beam_m2v.load_model(build_raw_model(tmp_path / "raw", dim=RAW_DIM), dim=RAW_DIM).matrix.embeddings
+    raw = beam_m2v.load_model(build_raw_model(tmp_path / "raw", dim=RAW_DIM), raw_dim=RAW_DIM).matrix.embeddings
     assert isinstance(raw, np.memmap) and not raw.flags.writeable
 
 
@@ -143,7 +145,7 @@ def test_dimensionality_out_of_range(pristine: Path) -> None:
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
 def test_raw_format_static_backend_semantics(tmp_path: Path, kind: str) -> None:
     folder = build_raw_model(tmp_path / "raw", kind=kind, dim=RAW_DIM, seed=5)  # type: ignore[arg-type]
-    model = beam_m2v.load_model(folder, dim=RAW_DIM)
+    model = beam_m2v.load_model(folder, raw_dim=RAW_DIM)
     assert model.dim == RAW_DIM and model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
     expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
@@ -152,7 +154,7 @@ def test_raw_format_static_backend_semantics(tmp_path: Path, kind: str) -> None:
     assert got.dtype == np.float32 and np.abs(got - expected).max() <= 1e-6
     assert got[TEXTS.index("\U0001f9ec unknown \u16a0")].any()  # the StaticBackend keeps [UNK]
     assert not got[TEXTS.index("")].any()
-    by_file = beam_m2v.load_model(folder / "vocab_matrix.bin", dim=RAW_DIM)
+    by_file = beam_m2v.load_model(folder / "vocab_matrix.bin", raw_dim=RAW_DIM)
     assert np.array_equal(by_file.encode(TEXTS), got)
 
 
@@ -161,7 +163,7 @@ def test_raw_format_with_fewer_rows_skips_ids(tmp_path: Path) -> None:
     # would be refused: those values are also exactly one row per id at half the dimension.
     rows = vocab_size(make_tokenizer("wordpiece")) - 5
     folder = build_raw_model(tmp_path / "raw", dim=RAW_DIM, rows=rows, seed=6)
-    model = beam_m2v.load_model(folder, dim=RAW_DIM)
+    model = beam_m2v.load_model(folder, raw_dim=RAW_DIM)
     expected = static_backend_reference_vectors(
         folder / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
     )
@@ -173,10 +175,10 @@ def test_raw_format_with_separate_tokenizer(tmp_path: Path) -> None:
     tokenizer_dir = tmp_path / "tok"
     tokenizer_dir.mkdir()
     make_tokenizer("wordpiece").save(str(tokenizer_dir / "tokenizer.json"))
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, folder / "tokenizer.json", "missing tokenizer")
-    by_folder = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir))
-    by_file = beam_m2v.load_model(folder, dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
+    by_folder = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir))
+    by_file = beam_m2v.load_model(folder, raw_dim=RAW_DIM, tokenizer=str(tokenizer_dir / "tokenizer.json"))
     assert np.array_equal(by_folder.encode(TEXTS), by_file.encode(TEXTS))
     expected = static_backend_reference_vectors(
         tokenizer_dir / "tokenizer.json", read_raw_matrix(folder / "vocab_matrix.bin", RAW_DIM), TEXTS
@@ -190,7 +192,7 @@ def test_raw_length_not_multiple_of_4(tmp_path: Path) -> None:
     with open(matrix, "ab") as handle:
         handle.write(b"\x00\x01")
     size = matrix.stat().st_size
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, matrix, "multiple of 4", str(size))
 
 
@@ -200,17 +202,17 @@ def test_raw_length_not_multiple_of_dim(tmp_path: Path) -> None:
     with open(matrix, "ab") as handle:
         handle.write(np.ones(3, dtype="<f4").tobytes())
     size = matrix.stat().st_size
-    error = load_error(folder, dim=RAW_DIM)
+    error = load_error(folder, raw_dim=RAW_DIM)
     assert_names(error, matrix, str(size))
     assert re.search(rf"\b{RAW_DIM}\b", error.problem), error.problem
-    wrong_dim = load_error(build_raw_model(tmp_path / "raw2", dim=RAW_DIM), dim=7)
+    wrong_dim = load_error(build_raw_model(tmp_path / "raw2", dim=RAW_DIM), raw_dim=7)
     assert re.search(r"\b7\b", wrong_dim.problem)
 
 
 def test_raw_empty_file(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=RAW_DIM)
     (folder / "vocab_matrix.bin").write_bytes(b"")
-    assert_names(load_error(folder, dim=RAW_DIM), folder / "vocab_matrix.bin", "empty")
+    assert_names(load_error(folder, raw_dim=RAW_DIM), folder / "vocab_matrix.bin", "empty")
 
 
 # -- folder errors -------------------------------------------------------------------------------
@@ -452,9 +454,9 @@ def test_hub_sentence_transformers_layout(hub: Hub, offline: None) -> None:
 
 def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None) -> None:
     model = beam_m2v.load_model(
-        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", dim=RAW_DIM, cache_dir=str(hub.cache)
+        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/tok", raw_dim=RAW_DIM, cache_dir=str(hub.cache)
     )
-    local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), dim=RAW_DIM)
+    local = beam_m2v.load_model(hub.raw / "vocab_matrix.bin", tokenizer=str(hub.tok), raw_dim=RAW_DIM)
     assert model.settings.semantics is beam_m2v.Semantics.STATIC_BACKEND
     assert np.array_equal(model.encode(TEXTS), local.encode(TEXTS))
     expected = static_backend_reference_vectors(
@@ -462,10 +464,10 @@ def test_hub_raw_matrix_with_tokenizer_from_another_repo(hub: Hub, offline: None
     )
     assert np.abs(model.encode(TEXTS) - expected).max() <= 1e-6
     error = load_error(
-        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/missing", dim=RAW_DIM, cache_dir=str(hub.cache)
+        "hf://owner/raw/vocab_matrix.bin", tokenizer="owner2/missing", raw_dim=RAW_DIM, cache_dir=str(hub.cache)
     )
     assert "owner2/missing" in str(error)
-    error = load_error("hf://owner/raw/vocab_matrix.bin", dim=RAW_DIM, cache_dir=str(hub.cache))
+    error = load_error("hf://owner/raw/vocab_matrix.bin", raw_dim=RAW_DIM, cache_dir=str(hub.cache))
     assert "owner/raw/tokenizer.json" in str(error)
 
 
@@ -511,3 +513,69 @@ except beam_m2v.ModelLoadError as error:
     assert np.array_equal(np.load(out), vectors_of(hub.main))
     assert np.array_equal(np.load(out.with_name("pinned.npy")), vectors_of(hub.other))
     assert "ERROR: owner/absent:" in result.stdout and "HF_HUB_OFFLINE" in result.stdout
+
+
+# -- the hub token: used in the launching process, never written into a pipeline ------------------
+
+SECRET = "hf_" + "s3cr3t" * 6
+
+
+def test_hub_token_stays_out_of_repr_and_pickles(pristine: Path) -> None:
+    import cloudpickle
+    from apache_beam.internal import pickler
+
+    spec = beam_m2v.ModelSpec.of(str(pristine), token=SECRET, dimensionality=4)
+    transform = beam_m2v.EmbedText(str(pristine), token=SECRET)
+    assert spec.token == SECRET and transform.spec.token == SECRET  # kept for this process's own loads
+    for shown in (repr(spec), str(spec), repr(transform.spec), repr(HubOptions(token=SECRET))):
+        assert SECRET not in shown and "token" not in shown, shown
+    assert repr(spec) == f"ModelSpec({str(pristine)!r}, dimensionality=4)"
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        assert SECRET.encode() not in dumps(spec) and SECRET.encode() not in dumps(transform)
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy.token is None and copy.token_withheld and not spec.token_withheld
+    assert copy == spec and hash(copy) == hash(spec)  # the same process-cache entry
+    assert pickler.loads(pickler.dumps(spec)).token is None
+    assert pickle.loads(pickle.dumps(beam_m2v.ModelSpec.of(str(pristine)))).token_withheld is False
+
+
+def test_hub_token_is_not_in_the_pipeline_graph(pristine: Path) -> None:
+    """Every DoFn of the pipeline proto, unpickled as a worker does, holds no token."""
+    import apache_beam as beam
+    from apache_beam.internal import pickler
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    _ = pipeline | beam.Create(["a text"]) | beam_m2v.EmbedText(str(pristine), token=SECRET)
+    specs = []
+    for transform in pipeline.to_runner_api().components.transforms.values():
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            do_fn = pickler.loads(payload.do_fn.payload)[0]
+            specs += [value for value in vars(do_fn).values() if isinstance(value, beam_m2v.ModelSpec)]
+    assert len(specs) == 1 and specs[0].token is None and specs[0].token_withheld
+
+
+def test_a_wrong_token_value_is_not_shown(pristine: Path) -> None:
+    error = load_error(pristine, token=SECRET.encode())
+    assert "token must be a string or None, got a bytes" in error.problem and SECRET not in str(error)
+
+
+def test_a_worker_without_the_token_is_told_to_set_hf_token(
+    hub: Hub, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    launcher = beam_m2v.ModelSpec.of("owner/private", token=SECRET, cache_dir=str(hub.cache))
+    with pytest.raises(ModelLoadError) as info:
+        launcher.load()
+    assert "HF_TOKEN" not in info.value.problem.replace("HF_HUB_OFFLINE", "")
+    worker = pickle.loads(pickle.dumps(launcher))
+    with pytest.raises(ModelLoadError, match="set HF_TOKEN there") as info:
+        worker.load()
+    assert info.value.path == "owner/private" and SECRET not in str(info.value)
+    monkeypatch.setenv("HF_TOKEN", "hf_worker")  # the worker's own token is used: no hint
+    with pytest.raises(ModelLoadError) as info:
+        worker.load()
+    assert "set HF_TOKEN there" not in info.value.problem
+    assert beam_m2v.load_model("owner/name", cache_dir=str(hub.cache), token=SECRET).dim == 8

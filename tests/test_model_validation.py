@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import pickle
@@ -29,6 +31,7 @@ from tiny_models import (
 
 import beam_m2v
 from beam_m2v import InvalidTextError, ModelLoadError
+from beam_m2v.model_options import ModelKeywords, ModelOptions
 from beam_m2v.transforms.model_cache import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +123,7 @@ def test_non_finite_raw_matrix_refused(tmp_path: Path) -> None:
     matrix = np.fromfile(folder / "vocab_matrix.bin", dtype="<f4")
     matrix[17] = np.nan
     matrix.tofile(folder / "vocab_matrix.bin")
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "non-finite", "row 2", "column 1")
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "non-finite", "row 2", "column 1")
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -311,8 +314,8 @@ def test_pathological_json_headers(model: Path, header: bytes) -> None:
 @pytest.mark.parametrize("semantics", [None, "model2vec"])
 def test_raw_matrix_read_with_the_wrong_dim(tmp_path: Path, wrong_dim: int, semantics: str | None) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
-    error = refusal(folder, dim=wrong_dim, semantics=semantics)
-    assert_blames(error, folder / "vocab_matrix.bin", f"dim={wrong_dim}", f"pass dim={DIM}", str(ROWS))
+    error = refusal(folder, raw_dim=wrong_dim, semantics=semantics)
+    assert_blames(error, folder / "vocab_matrix.bin", f"raw_dim={wrong_dim}", f"pass raw_dim={DIM}", str(ROWS))
 
 
 def test_bundled_model_as_raw_matrix_read_with_the_wrong_dim(model_64_path: Path, tmp_path: Path) -> None:
@@ -322,23 +325,27 @@ def test_bundled_model_as_raw_matrix_read_with_the_wrong_dim(model_64_path: Path
     np.asarray(rows, dtype="<f4").tofile(folder / "vocab_matrix.bin")
     (folder / "tokenizer.json").write_bytes((model_64_path / "tokenizer.json").read_bytes())
     for wrong in (32, 16, 8):
-        error = refusal(folder, dim=wrong)
-        assert_blames(error, folder / "vocab_matrix.bin", f"dim={wrong}", "pass dim=64", f"{rows.shape[0]} rows")
+        error = refusal(folder, raw_dim=wrong)
+        assert_blames(
+            error, folder / "vocab_matrix.bin", f"raw_dim={wrong}", "pass raw_dim=64", f"{rows.shape[0]} rows"
+        )
     for wrong in (128, 256):  # the default; 29,525 rows x 64 values are not a multiple of either
-        assert_blames(refusal(folder, dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}")
-    assert beam_m2v.load_model(folder, dim=64).dim == 64
+        assert_blames(
+            refusal(folder, raw_dim=wrong), folder / "vocab_matrix.bin", f"not a multiple of dimension {wrong}"
+        )
+    assert beam_m2v.load_model(folder, raw_dim=64).dim == 64
 
 
 def test_raw_matrix_length_not_a_multiple_of_dim(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
-    assert_blames(refusal(folder, dim=7), folder / "vocab_matrix.bin", "multiple of dimension 7")
+    assert_blames(refusal(folder, raw_dim=7), folder / "vocab_matrix.bin", "multiple of dimension 7")
 
 
 def test_raw_matrix_with_fewer_rows_under_model2vec_semantics(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM, rows=ROWS - 3)
-    error = refusal(folder, dim=DIM, semantics="model2vec")
+    error = refusal(folder, raw_dim=DIM, semantics="model2vec")
     assert_blames(error, folder / "vocab_matrix.bin", str(ROWS - 3), "rows", "tokenizer")
-    assert beam_m2v.load_model(folder, dim=DIM).dim == DIM  # the seed skips the missing ids
+    assert beam_m2v.load_model(folder, raw_dim=DIM).dim == DIM  # the seed skips the missing ids
 
 
 @pytest.mark.parametrize(
@@ -353,13 +360,13 @@ def test_raw_matrix_with_fewer_rows_under_model2vec_semantics(tmp_path: Path) ->
 def test_raw_path_holding_another_format(tmp_path: Path, content: bytes, what: str) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
     (folder / "vocab_matrix.bin").write_bytes(content)
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "not a raw float32 matrix", what)
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "not a raw float32 matrix", what)
 
 
 def test_safetensors_file_named_bin(pristine: Path, tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM)
     (folder / "vocab_matrix.bin").write_bytes((pristine / "model.safetensors").read_bytes())
-    assert_blames(refusal(folder, dim=DIM), folder / "vocab_matrix.bin", "safetensors")
+    assert_blames(refusal(folder, raw_dim=DIM), folder / "vocab_matrix.bin", "safetensors")
 
 
 # -- paths ---------------------------------------------------------------------------------------
@@ -411,7 +418,7 @@ def test_tokenizer_option_that_is_a_loop(tmp_path: Path) -> None:
     folder = build_raw_model(tmp_path / "raw", dim=DIM, with_tokenizer=False)
     loop = tmp_path / "tok"
     loop.symlink_to(loop)
-    assert_blames(refusal(folder, dim=DIM, tokenizer=str(loop)), loop, "symbolic link loop")
+    assert_blames(refusal(folder, raw_dim=DIM, tokenizer=str(loop)), loop, "symbolic link loop")
 
 
 def test_matrix_file_paths_still_load(pristine: Path, tmp_path: Path) -> None:
@@ -437,10 +444,10 @@ def test_matrix_file_paths_still_load(pristine: Path, tmp_path: Path) -> None:
         ("dimensionality", 2.0, "dimensionality"),
         ("dimensionality", "4", "dimensionality"),
         ("dimensionality", True, "dimensionality"),
-        ("dim", 0, "dim"),
-        ("dim", -8, "dim"),
-        ("dim", 8.0, "dim"),
-        ("dim", None, "dim"),
+        ("raw_dim", 0, "raw_dim"),
+        ("raw_dim", -8, "raw_dim"),
+        ("raw_dim", 8.0, "raw_dim"),
+        ("raw_dim", None, "raw_dim"),
         ("semantics", "bogus", "semantics"),
         ("semantics", 3, "semantics"),
         ("sha256", "abc", "sha256"),
@@ -458,6 +465,50 @@ def test_bad_keywords_refused_naming_the_source(pristine: Path, keyword: str, va
         ModelSpec.of(str(pristine), **{keyword: value})  # type: ignore[misc]
     with pytest.raises(ModelLoadError, match=word):
         beam_m2v.EmbedText(str(pristine), **{keyword: value})  # type: ignore[misc]
+
+
+def test_model_options_are_defined_once() -> None:
+    """load_model's keywords, ModelKeywords and ModelSpec all follow the fields of ModelOptions."""
+    names = [option.name for option in dataclasses.fields(ModelOptions)]
+    assert list(ModelKeywords.__annotations__) == names
+    keywords = {
+        name: parameter.default
+        for name, parameter in inspect.signature(beam_m2v.load_model).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert list(keywords) == [*names, "dim"]  # dim: the old name of raw_dim
+    assert all(keywords[option.name] is option.default for option in dataclasses.fields(ModelOptions))
+    assert [option.name for option in dataclasses.fields(ModelSpec)] == [*names, "source"]
+
+
+def test_the_old_dim_keyword_is_raw_dim(tmp_path: Path) -> None:
+    folder = build_raw_model(tmp_path / "raw", dim=DIM)
+    with pytest.warns(DeprecationWarning, match="raw_dim"):
+        old = beam_m2v.load_model(folder, dim=DIM)
+    assert np.array_equal(old.encode(TEXTS), beam_m2v.load_model(folder, raw_dim=DIM).encode(TEXTS))
+    with pytest.warns(DeprecationWarning, match="raw_dim"):
+        assert beam_m2v.EmbedText(str(folder), dim=DIM).spec.raw_dim == DIM  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="both dim= and its new name raw_dim="), pytest.warns(DeprecationWarning):
+        ModelSpec.of(str(folder), dim=DIM, raw_dim=DIM)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        beam_m2v.EmbedText,
+        beam_m2v.EmbedTables,
+        beam_m2v.Model2VecModelHandler,
+        lambda model, **options: beam_m2v.Model2VecEmbeddings(model, columns=["text"], **options),
+    ],
+    ids=["EmbedText", "EmbedTables", "Model2VecModelHandler", "Model2VecEmbeddings"],
+)
+def test_an_unknown_model_keyword_is_a_type_error(pristine: Path, make: Any, request: pytest.FixtureRequest) -> None:
+    name = request.node.callspec.id
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument 'dimensionalty' "):
+        make(str(pristine), dimensionalty=3)
+    with pytest.raises(TypeError, match=r"\(did you mean 'dimensionality'\?\)"):
+        make(str(pristine), dimensionalty=3)
+    assert make(str(pristine), dimensionality=3).spec.dimensionality == 3  # a well-spelled one is taken
 
 
 @pytest.mark.parametrize("value", [0, -1, DIM + 1, 10**20])
@@ -564,4 +615,21 @@ def test_command_line_refuses_a_damaged_model_in_one_line(model: Path, tmp_path:
     assert "Traceback" not in result.stderr, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("beam-m2v embed: error:")]
     assert str(model / "config.json") in line and "max_length" in line
+    assert not output.exists()
+
+
+def test_command_line_refuses_a_gs_model_without_the_gcp_extra_in_one_line(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    sample = str(REPO / "samples" / "linux-doc-sample.parquet")
+    code = f"""
+import sys
+sys.modules["google.cloud.storage"] = None  # as if beam-m2v[gcp] were not installed
+from pipelines.cli import main
+sys.exit(main(["embed", "--input", {sample!r}, "--output", {str(output)!r}, "--model", "gs://bucket/models/m2v"]))
+"""
+    result = run_python(code)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("beam-m2v embed: error:")]
+    assert "gs://bucket/models/m2v" in line and "pip install 'beam-m2v[gcp]'" in line, line
     assert not output.exists()

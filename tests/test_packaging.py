@@ -321,3 +321,61 @@ def test_wheel_in_a_clean_venv_embeds_the_sample(clean_venv, runner, tmp_path, r
     texts = pq.read_table(SAMPLE).sort_by("id")
     assert ids == texts.column("id").to_pylist()
     assert np.array_equal(vectors, beam_m2v.load_model(BUNDLED_MODEL).encode(texts.column("text").to_pylist()))
+
+
+# -- the public names, as a type checker sees them -----------------------------------------------
+
+
+def test_beam_names_are_listed_once() -> None:
+    """The lazily imported names: the ones imported for type checkers, in ``__all__``, all importable."""
+    import ast
+
+    tree = ast.parse((REPO / "beam_m2v" / "__init__.py").read_text(encoding="utf-8"))
+    [checking] = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    imported = [alias.name for node in checking.body if isinstance(node, ast.ImportFrom) for alias in node.names]
+    assert imported == list(beam_m2v.BEAM_NAMES)
+    assert set(beam_m2v.BEAM_NAMES) <= set(beam_m2v.__all__)
+    from beam_m2v import transforms
+
+    assert set(beam_m2v.BEAM_NAMES) <= set(transforms.__all__)
+    assert all(getattr(beam_m2v, name) is getattr(transforms, name) for name in beam_m2v.BEAM_NAMES)
+
+
+def test_mypy_sees_the_lazily_imported_names(tmp_path: Path) -> None:
+    """``beam_m2v.EmbedText`` has its real type under mypy, so a misspelt keyword is caught before running.
+
+    Third-party packages are left out (``--no-site-packages``) to keep the check to a few seconds.
+    """
+    snippet = tmp_path / "user_code.py"
+    snippet.write_text(
+        "import beam_m2v\n"
+        "reveal_type(beam_m2v.EmbedText)\n"
+        "reveal_type(beam_m2v.ModelSpec.of)\n"
+        "beam_m2v.EmbedText('models/m2v-minilm-64', dimensionalty=3)\n"
+        "beam_m2v.Model2VecModelHandler('models/m2v-minilm-64', max_batch_size='many')\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-site-packages",
+            "--ignore-missing-imports",
+            "--follow-imports=silent",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(snippet),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(REPO)},
+    )
+    lines = result.stdout.splitlines()
+    assert any('Revealed type is "def (model: beam_m2v.transforms.model_cache.ModelSpec' in line for line in lines)
+    assert any('Unexpected keyword argument "dimensionalty" for "EmbedText"' in line for line in lines), lines
+    assert any('"max_batch_size" to "Model2VecModelHandler" has incompatible type "str"' in line for line in lines)
+    assert not any('"object"' in line or '"Any"' in line for line in lines), lines

@@ -221,9 +221,9 @@ def test_s3_model_gives_the_local_models_vectors_and_is_downloaded_once(s3_files
 
 def test_s3_raw_vocab_matrix_url(s3_filesystem, local_raw, corpus_texts):
     texts = corpus_texts[:300]
-    remote = beam_m2v.load_model(url("raw/vocab_matrix.bin"), dim=64)
+    remote = beam_m2v.load_model(url("raw/vocab_matrix.bin"), raw_dim=64)
     assert remote.files.layout.value == "raw"
-    assert np.array_equal(remote.encode(texts), beam_m2v.load_model(local_raw, dim=64).encode(texts))
+    assert np.array_equal(remote.encode(texts), beam_m2v.load_model(local_raw, raw_dim=64).encode(texts))
 
 
 def test_checksums_that_match_are_accepted(s3_filesystem):

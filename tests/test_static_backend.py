@@ -520,7 +520,7 @@ def test_embed_text_carries_the_semantics(raw_minilm: Path, corpus_texts: list[s
 
 
 def test_embed_text_with_a_raw_model_of_another_dimension(tmp_path: Path) -> None:
-    # The transforms take no dim= option: a raw matrix of dim != 256 needs a ModelSpec.
+    # A raw matrix of another width than 256, named by a ModelSpec with its raw_dim.
     folder = hand_model(tmp_path)
     texts = ["hello zzz", "hello world", "zzz", ""]
     expected = {
@@ -529,7 +529,7 @@ def test_embed_text_with_a_raw_model_of_another_dimension(tmp_path: Path) -> Non
         "zzz": np.float32([1, 0, 0, 0]),
         "": np.zeros(4, dtype=np.float32),
     }
-    spec = beam_m2v.ModelSpec(source=str(folder), dim=4)
+    spec = beam_m2v.ModelSpec(source=str(folder), raw_dim=4)
 
     def close_to_expected(actual: list[tuple[str, np.ndarray]]) -> None:
         assert sorted(text for text, _ in actual) == sorted(texts)

@@ -20,11 +20,13 @@ from apache_beam.pvalue import PCollection
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from beam_m2v.model_options import ModelKeywords
+
 from beam_m2v.arrow_strings import plain_strings
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement
 from beam_m2v.transforms.embed_text import EmbedResult
-from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
+from beam_m2v.transforms.model_cache import ModelSpec
 from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 
@@ -149,7 +151,7 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
 
     Returns ``EmbedResult(embedded, failed)``; ``embedded`` holds ``pyarrow.Table``s (one per
     input table, minus the failed rows), ``failed`` one ``FailedElement`` per unusable row.
-    ``model_options`` are those of ``EmbedText`` (see ``ModelOptions``).
+    ``model_options`` are those of ``EmbedText`` (``ModelKeywords``).
     """
 
     def __init__(
@@ -158,10 +160,10 @@ class EmbedTables(beam.PTransform[PCollection[Any], EmbedResult]):
         *,
         text_column: str = "text",
         output_column: str = "embedding",
-        **model_options: Unpack[ModelOptions],
+        **model_options: Unpack[ModelKeywords],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(model, **model_options)
+        self.spec = ModelSpec.from_keywords(model, model_options, caller="EmbedTables()")
         self.text_column = text_column
         self.output_column = output_column
 

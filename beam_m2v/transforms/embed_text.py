@@ -13,12 +13,14 @@ from apache_beam.pvalue import PCollection
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from beam_m2v.model_options import ModelKeywords
+
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import InvalidTextError
 from beam_m2v.text_checks import TextProblem
 from beam_m2v.transforms.dead_letters import EMBEDDED_TAG, FAILED_TAG, FailedElement, error_text
 from beam_m2v.transforms.elements import ElementAccess, OutputFormat
-from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
+from beam_m2v.transforms.model_cache import ModelSpec
 from beam_m2v.transforms.model_dofn import SharedModelDoFn
 
 DEFAULT_BATCH_SIZE = 1024
@@ -129,7 +131,8 @@ class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):
 
     The model is named, not loaded, at construction: each worker process loads it once.
     ``model_options`` (``dimensionality``, ``normalize``, ``max_length``, ``semantics``,
-    ``tokenizer``, ``revision``, ``token``, ``cache_dir``, ``sha256``) go to ``load_model``.
+    ``tokenizer``, ``raw_dim``, ``revision``, ``token``, ``cache_dir``, ``sha256``: ``ModelKeywords``)
+    go to ``load_model``; an unknown keyword is a ``TypeError``.
     """
 
     def __init__(
@@ -141,10 +144,10 @@ class EmbedText(beam.PTransform[PCollection[Any], EmbedResult]):
         output_format: OutputFormat = "numpy",
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_batch_size: int = 1,
-        **model_options: Unpack[ModelOptions],
+        **model_options: Unpack[ModelKeywords],
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec.of(model, **model_options)
+        self.spec = ModelSpec.from_keywords(model, model_options, caller="EmbedText()")
         self.access = ElementAccess(text_field, output_field, output_format)
         if batch_size < 1 or not 1 <= min_batch_size <= batch_size:
             raise ValueError(f"need 1 <= min_batch_size <= batch_size, got {min_batch_size}, {batch_size}")

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.ml.transforms.base import EmbeddingsManager, EmbeddingTypeAdapter
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from beam_m2v.model_options import ModelKeywords
+
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import InvalidTextError
-from beam_m2v.transforms.inference import Model2VecModelHandler
+from beam_m2v.transforms.inference import DEFAULT_MAX_BATCH_SIZE, Model2VecModelHandler
 from beam_m2v.transforms.metrics import NAMESPACE
-from beam_m2v.transforms.model_cache import ModelOptions, ModelSpec
-
-
-def rag_text_adapter() -> EmbeddingTypeAdapter[Any, Any]:
-    """Beam's RAG adapter: embeds ``item.content.text`` and sets ``item.embedding.dense_embedding``."""
-    from apache_beam.ml.rag.embeddings.base import create_text_adapter
-
-    return create_text_adapter()
+from beam_m2v.transforms.model_cache import ModelSpec
 
 
 class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
@@ -47,18 +45,41 @@ class Model2VecEmbeddings(EmbeddingsManager):  # type: ignore[misc]
         *,
         columns: list[str] | None = None,
         type_adapter: EmbeddingTypeAdapter[Any, Any] | None = None,
-        **kwargs: Any,
+        load_model_args: Mapping[str, Any] | None = None,
+        min_batch_size: int | None = None,
+        max_batch_size: int | None = None,
+        large_model: bool = False,
+        inference_args: dict[str, Any] | None = None,
+        **model_options: Unpack[ModelKeywords],
     ) -> None:
-        if columns is None and type_adapter is None:
-            type_adapter = rag_text_adapter()
-        model_options: dict[str, Any] = {key: kwargs.pop(key) for key in ModelOptions.__optional_keys__ & kwargs.keys()}
-        super().__init__(columns=columns, type_adapter=type_adapter, **kwargs)
-        self.spec = ModelSpec.of(model, **model_options)
+        """Name the model; the other arguments are ``EmbeddingsManager``'s, passed on.
+
+        ``load_model_args`` and ``model_options`` are model options (``ModelKeywords``), the
+        keywords winning; an unknown one is a ``TypeError``.
+        """
+        if columns is None and type_adapter is None:  # Beam's RAG adapter: item.content.text -> item.embedding
+            from apache_beam.ml.rag.embeddings.base import create_text_adapter
+
+            type_adapter = create_text_adapter()
+        super().__init__(
+            columns=columns,
+            type_adapter=type_adapter,
+            load_model_args=dict(load_model_args or {}),
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            large_model=large_model,
+            inference_args=inference_args or {},
+        )
+        given = {**self.load_model_args, **model_options}
+        self.spec = ModelSpec.from_keywords(model, given, caller="Model2VecEmbeddings()")
 
     def get_model_handler(self) -> Model2VecModelHandler:
         """The RunInference handler embedding plain texts."""
         return Model2VecModelHandler(
-            self.spec, min_batch_size=self.min_batch_size or 1, max_batch_size=self.max_batch_size or 1024
+            self.spec,
+            min_batch_size=self.min_batch_size or 1,
+            max_batch_size=self.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
+            large_model=self.large_model,
         )
 
     def get_ptransform_for_processing(self, **kwargs: Any) -> beam.PTransform[Any, Any]:
@@ -96,6 +117,14 @@ class AdaptedEmbeddingHandler(ModelHandler[Any, Any, StaticEmbedder]):  # type: 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         """Same batching as the text handler."""
         return self._texts.batch_elements_kwargs()
+
+    def share_model_across_processes(self) -> bool:
+        """As the text handler (``large_model``)."""
+        return self._texts.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        """As the text handler."""
+        return self._texts.model_copies()
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         """Model2Vec takes no inference arguments; extra ones are ignored."""

@@ -10,89 +10,77 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-from beam_m2v.encoder import Semantics, StaticEmbedder
-from beam_m2v.loading import MODEL_DEFAULT, load_model
+from beam_m2v.encoder import StaticEmbedder
+from beam_m2v.errors import ModelLoadError
+from beam_m2v.loading import load_with_options
 from beam_m2v.model_checks import check_load_options
+from beam_m2v.model_options import ModelKeywords, ModelOptions, option_overrides
 from beam_m2v.thread_budget import check_settings
 from beam_m2v.transforms import thread_options  # noqa: F401  (registers --m2v_threads_per_worker with Beam)
 
 
-class ModelOptions(TypedDict, total=False):
-    """The model options every beam-m2v transform takes, passed on to ``load_model`` on the workers.
+@dataclass(frozen=True, repr=False)
+class ModelSpec(ModelOptions):
+    """What to load: a model source and its ``ModelOptions``; small, hashable and cheap to pickle.
 
-    ``tokenizer``, ``dimensionality``, ``normalize``, ``max_length`` (None: no truncation),
-    ``semantics`` (``"model2vec"`` or ``"static_backend"``), ``dim`` (columns of a raw ``vocab_matrix.bin``),
-    ``revision``/``token``/``cache_dir`` (hub),
-    ``sha256`` (remote filesystems); see ``beam_m2v.load_model``.
+    Built where the pipeline is built (bad options are refused there), loaded on the workers.
+    A hub ``token`` is not part of the pickle: workers authenticate through huggingface_hub's
+    own ``HF_TOKEN`` or login (see ``ModelOptions``).
     """
 
-    tokenizer: str | None
-    dimensionality: int | None
-    normalize: bool | None
-    max_length: int | None
-    semantics: Semantics | str | None
-    dim: int | None
-    revision: str | None
-    token: str | None
-    cache_dir: str | None
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to load, as ``load_model`` takes it: small, hashable and cheap to pickle."""
-
     source: str
-    tokenizer: str | None = None
-    dimensionality: int | None = None
-    normalize: bool | None = None
-    max_length: Any = MODEL_DEFAULT
-    semantics: str | None = None
-    dim: int = 256
-    revision: str | None = None
-    token: str | None = None
-    cache_dir: str | None = None
-    sha256: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse bad options where the pipeline is built, not later on the workers."""
-        options = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "source"}
-        if options["max_length"] is MODEL_DEFAULT:
-            options["max_length"] = None
-        check_load_options(self.source, **options)
+        super().__post_init__()
+        check_load_options(self.source, self)
+
+    def __repr__(self) -> str:
+        """``ModelSpec('models/m2v-minilm-64', dimensionality=32)``: the source and the options that are set."""
+        defaults = ModelOptions()
+        options = [
+            f"{option.name}={getattr(self, option.name)!r}"
+            for option in fields(ModelOptions)
+            if option.repr and getattr(self, option.name) != getattr(defaults, option.name)
+        ]
+        return f"ModelSpec({', '.join([repr(self.source), *options])})"
 
     @classmethod
-    def of(cls, model: ModelSpec | str | os.PathLike[str], **options: Unpack[ModelOptions]) -> ModelSpec:
+    def of(cls, model: ModelSpec | str | os.PathLike[str], **options: Unpack[ModelKeywords]) -> ModelSpec:
         """A spec from a source (or another spec); each option given (and not None) overrides the spec's."""
-        base = model if isinstance(model, ModelSpec) else cls(source=os.fspath(model))
-        overrides: dict[str, Any] = {key: value for key, value in options.items() if value is not None}
-        if "max_length" in options:
-            overrides["max_length"] = options["max_length"]  # None is meaningful here: no truncation
-        if isinstance(overrides.get("semantics"), Semantics):
-            overrides["semantics"] = overrides["semantics"].value
-        return replace(base, **overrides)
+        return cls.from_keywords(model, options, caller="ModelSpec.of()")
+
+    @classmethod
+    def from_keywords(
+        cls, model: ModelSpec | str | os.PathLike[str], options: Mapping[str, Any], *, caller: str
+    ) -> ModelSpec:
+        """``of`` for a transform's ``**model_options``: an unknown keyword is a ``TypeError`` naming ``caller``."""
+        overrides = option_overrides(options, caller=caller, stacklevel=4)  # here, of() or __init__, the user
+        if isinstance(model, ModelSpec):
+            return replace(model, **overrides)
+        return cls(source=os.fspath(model), **overrides)
 
     def load(self) -> StaticEmbedder:
         """Load the model this spec names (in this process, uncached)."""
-        return load_model(
-            self.source,
-            tokenizer=self.tokenizer,
-            dimensionality=self.dimensionality,
-            normalize=self.normalize,
-            max_length=self.max_length,
-            semantics=self.semantics,
-            dim=self.dim,
-            revision=self.revision,
-            token=self.token,
-            cache_dir=self.cache_dir,
-            sha256=self.sha256,
-        )
+        try:
+            return load_with_options(self.source, self)
+        except ModelLoadError as error:
+            from huggingface_hub import get_token
+
+            if not self.token_withheld or get_token():  # HF_TOKEN, or the machine's huggingface-cli login
+                raise
+            raise ModelLoadError(
+                error.path,
+                f"{error.problem} (a hub token given to the pipeline is not sent to the workers: "
+                "set HF_TOKEN there, see docs/models.md)",
+            ) from None
 
 
 @dataclass(frozen=True)
