@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from beam_m2v.thread_budget import ENV_THREADS, ENV_WORKER_PROCESSES
 from tests.conftest import REPO, corpus_table
 
 BENCH = REPO / "bench"
@@ -44,7 +45,7 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_smoke(script: str, *args: str) -> str:
     """``python bench/<script>.py --smoke ARGS`` from the repository root; its output once it exits 0."""
     # The thread-budget variables are the workers benchmark's to set, per run.
-    environment = {k: v for k, v in os.environ.items() if k not in ("BEAM_M2V_THREADS", "BEAM_M2V_WORKER_PROCESSES")}
+    environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), "--smoke", *args],
         env=environment,
@@ -59,7 +60,7 @@ def run_smoke(script: str, *args: str) -> str:
 
 def table_row(output: str, name: str, *cells: str) -> re.Match[str]:
     """The line of ``output`` that starts with contender ``name`` followed by ``cells`` (regexes), blanks between."""
-    pattern = r"^\s*" + re.escape(name) + "".join(r"\s+" + cell for cell in cells) + r"\b"
+    pattern = r"^\s*" + re.escape(name) + "".join(r"\s+" + cell for cell in cells) + r"(?=\s|$)"
     found = re.search(pattern, output, re.MULTILINE)
     assert found, f"no table row {name!r} followed by {cells} in:\n{output}"
     return found
