@@ -117,7 +117,7 @@ def check_pipeline(tmp_path: Path, corpus: Path) -> None:
     ):
         assert re.search(rf"^PASS  {re.escape(check)}\s+np.array_equal", output, re.MULTILINE), check
     table_row(output, "encode: pieces, ids, pool (slices on the 2-thread pool; main thread waits)", NUMBER)  # cProfile
-    table_row(output, "pool: mean_pool (into the output rows)", NUMBER, NUMBER)  # piece_replay's stages
+    table_row(output, "pool: mean_pool (into the output rows)", NUMBER, NUMBER + "%", NUMBER)  # piece_replay
     assert "replayed vectors equal encode_arrow (every row group): yes" in output
     report = json.loads(result.read_text())
     assert report["rows"]["main"] == ROWS and report["reembed_manifest_rows"]["changed"] == 2
