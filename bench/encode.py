@@ -16,6 +16,7 @@ Run from the repository root::
     python bench/encode.py            # full corpus, 3 repeats (a few minutes on 2 cores)
     python bench/encode.py --quick    # first 20,000 texts, 1 repeat
     python bench/encode.py --json out.json
+    python bench/encode.py --smoke    # bundled model and sample, 1 repeat, 1 warm load: checks the script runs
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_common import (
-    DEFAULT_CORPUS,
-    DEFAULT_MODEL,
     MIB,
     REPO,
+    add_input_options,
     line,
     loadavg,
-    require_inputs,
+    resolve_inputs,
     section,
     start_children,
 )
@@ -90,17 +90,11 @@ TOKENIZER_ROWS = (TOK_POOL, TOK_RAYON)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="parquet file with a 'text' column")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model2vec model folder")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 3)")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: first {QUICK_TEXTS:,} texts, 1 repeat")
+    add_input_options(parser, repeats=3)
+    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_TEXTS:,} texts, 1 repeat")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
-    require_inputs(args.corpus, args.model)
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    resolve_inputs(args, parser, repeats=1 if args.quick else 3)
     return args
 
 
@@ -365,12 +359,12 @@ def profile_stages(
 # -- load time -----------------------------------------------------------------------------------
 
 
-def load_times(model: Path) -> dict[str, Any]:
+def load_times(model: Path, repeats: int = LOAD_REPEATS) -> dict[str, Any]:
     from model2vec import StaticModel
 
     def measure(load: Callable[[], Any]) -> dict[str, Any]:
         first = timed(load)
-        warm = [timed(load) for _ in range(LOAD_REPEATS)]
+        warm = [timed(load) for _ in range(repeats)]
         return {"first_s": first, "warm_s": warm, "median_s": statistics.median(warm)}
 
     result = {
@@ -384,7 +378,7 @@ def load_times(model: Path) -> dict[str, Any]:
             f"{name:<36} {row['first_s']:>9.3f} {row['median_s']:>9.3f} "
             f"{min(row['warm_s']):>9.3f} {max(row['warm_s']):>9.3f}"
         )
-    print(f"first = first load in this process; median/min/max over the next {LOAD_REPEATS} (warm) loads")
+    print(f"first = first load in this process; median/min/max over the next {repeats} (warm) loads")
     return result
 
 
@@ -537,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_limit = QUICK_TEXTS if args.quick else None
 
     print(line("="))
-    print("beam_m2v encode benchmark" + ("  (--quick)" if args.quick else ""))
+    print("beam_m2v encode benchmark" + ("  (--quick)" if args.quick else "") + ("  (--smoke)" if args.smoke else ""))
     print(line("="))
     print(f"corpus   {corpus}")
     print(f"model    {model}")
@@ -559,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory = memory_check(model, matrix_bytes)
 
     section("Load time (this process, files in the page cache)")
-    loads = load_times(model)
+    loads = load_times(model, 1 if args.smoke else LOAD_REPEATS)
 
     table = pq.read_table(corpus, columns=["text"])
     if n_limit is not None:

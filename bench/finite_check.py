@@ -11,6 +11,7 @@ the bundled model's tokenizer and config) into a temporary folder, then times, i
 
     python bench/finite_check.py                 # 1 GiB float32, 5 repeats
     python bench/finite_check.py --gib 0.25 --repeats 3
+    python bench/finite_check.py --smoke         # a 29 MiB matrix, 1 repeat: checks the script runs
 """
 
 from __future__ import annotations
@@ -38,9 +39,19 @@ BUNDLED = REPO / "models" / "m2v-minilm-64"
 DIM = 256
 
 
-def write_large_model(folder: Path, gib: float) -> Path:
-    """A model2vec folder whose float32 matrix has ``gib`` GiB (rows of DIM columns), written in chunks."""
-    rows = int(gib * (1 << 30)) // (DIM * 4)
+def smallest_rows() -> int:
+    """Rows of the smallest matrix the bundled tokenizer accepts: one per token id."""
+    from tokenizers import Tokenizer
+
+    return int(Tokenizer.from_file(str(BUNDLED / "tokenizer.json")).get_vocab_size(with_added_tokens=True))
+
+
+def write_large_model(folder: Path, gib: float | None) -> Path:
+    """A model2vec folder whose float32 matrix has ``gib`` GiB (rows of DIM columns), written in chunks.
+
+    ``gib=None``: the smallest matrix the tokenizer accepts (``smallest_rows``).
+    """
+    rows = smallest_rows() if gib is None else int(gib * (1 << 30)) // (DIM * 4)
     folder.mkdir(parents=True)
     header = json.dumps({"embeddings": {"dtype": "F32", "shape": [rows, DIM], "data_offsets": [0, rows * DIM * 4]}})
     padded = header.encode() + b" " * (-len(header) % 8)
@@ -73,13 +84,19 @@ def timed(action: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="matrix size in GiB (default 1)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=None, help="runs of every contender (default 5)")
     parser.add_argument("--dir", default=None, help="where to write the model (default: a temporary folder)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smoke run: the smallest matrix the bundled tokenizer accepts, one repeat (checks the script runs)",
+    )
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.smoke else 5)
 
     workdir = Path(tempfile.mkdtemp(prefix="finite-check-", dir=args.dir))
     try:
-        matrix = write_large_model(workdir / "model", args.gib)
+        matrix = write_large_model(workdir / "model", None if args.smoke else args.gib)
         folder = matrix.parent
         size = matrix.stat().st_size
         print(f"model: {folder} ({size / (1 << 30):.2f} GiB float32 matrix, {size // (DIM * 4):,} x {DIM})")

@@ -17,7 +17,8 @@ table and the targets as PASS/MISS lines.
 Run from the repository root::
 
     python bench/lance.py              # corpus x5 (682,890 rows), once each: ~5-10 min on 2 cores
-    python bench/lance.py --quick      # 20,000 rows: a smoke test (~1-2 min)
+    python bench/lance.py --quick      # 20,000 rows (~1-2 min)
+    python bench/lance.py --smoke      # bundled model and sample once: checks the script runs
     python bench/lance.py --repeats 3 --json out.json
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 import bench_common  # bench/ is on sys.path as a script
 import numpy as np
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, loadavg
+from bench_common import MIB, SMOKE_CORPUS, loadavg
 from pipeline import CHANGE_EVERY, EDIT_SUFFIX, Contender, Inputs, machine, measure, snapshot_code
 
 # Run as ``python bench/lance.py``, this file's folder is first on sys.path, where ``import lance`` would
@@ -48,7 +49,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 DEFAULT_SCALE = 5
 QUICK_ROWS = 20_000
-SAMPLE = REPO / "samples" / "linux-doc-sample.parquet"
+SAMPLE = SMOKE_CORPUS  # the bundled 2,000-paragraph sample: the search checks run on it
 SEARCH_QUERIES = 50
 WIDTH = 110
 
@@ -62,15 +63,16 @@ TARGET_LANCE_VS_PARQUET = 1.25
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE, help="corpus repetitions (default 5)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of every contender (default 1; medians shown)")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows, once each: a smoke test")
+    bench_common.add_input_options(parser, repeats=1)
+    parser.add_argument("--scale", type=int, default=None, help="corpus repetitions (default 5; 1 with --smoke)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows, once each")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a fresh temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    bench_common.resolve_inputs(args, parser, repeats=1)
+    args.scale = args.scale or (1 if args.smoke else DEFAULT_SCALE)
+    return args
 
 
 def cli_argv(command: str, source: Path, model: Path, output: Path) -> list[str]:
@@ -170,17 +172,13 @@ def search_checks(model: Path, work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for path, what in ((args.corpus, "corpus"), (args.model, "model")):
-        if not path.exists():
-            print(f"bench/lance.py: the {what} {path} is missing (pass --{what})")
-            return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="beam-m2v-lance-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     code = snapshot_code(work)
     import lance
 
     print(bench_common.line("=", WIDTH))
-    print("beam_m2v Lance benchmark" + ("  (--quick)" if args.quick else ""))
+    print("beam_m2v Lance benchmark" + ("  (--quick)" if args.quick else "") + ("  (--smoke)" if args.smoke else ""))
     print(bench_common.line("=", WIDTH))
     dirty = " + uncommitted changes" if code["uncommitted_changes"] else ""
     print(f"corpus {args.corpus.resolve()}, model {args.model.resolve()}, pylance {lance.__version__}")

@@ -29,6 +29,7 @@ Run from the repository root::
     python bench/pipeline.py --repeats 1     # the same, once each: ~15 min
     python bench/pipeline.py --quick         # corpus once, 1 repeat, baselines on 20,000 rows, no scaling: ~6 min
     python bench/pipeline.py --scale 2 --no-scaling --no-profile --json out.json
+    python bench/pipeline.py --smoke         # bundled model and sample once, 1 repeat, no scaling: checks it runs
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, REPO, loadavg, require_inputs
+from bench_common import MIB, REPO, loadavg
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -173,11 +174,9 @@ if __name__ == "__main__":
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="Parquet file with id and text columns")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model2vec model folder")
+    bench_common.add_input_options(parser, repeats=3)
     parser.add_argument("--scale", type=int, default=None, help=f"corpus repetitions (default {DEFAULT_SCALE})")
     parser.add_argument("--baseline-rows", type=int, default=None, help="rows for the hand-written Beam baselines")
-    parser.add_argument("--repeats", type=int, default=None, help="runs of every contender (default 3)")
     parser.add_argument(
         "--scaling", action=argparse.BooleanOptionalAction, default=None, help="100k vs 1M rows (default: on)"
     )
@@ -187,13 +186,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
-    require_inputs(args.corpus, args.model)
+    bench_common.resolve_inputs(args, parser, repeats=1 if args.quick else 3)
     if args.scale is None:
-        args.scale = 1 if args.quick else DEFAULT_SCALE
-    if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.scale = 1 if args.quick or args.smoke else DEFAULT_SCALE
     if args.scaling is None:
-        args.scaling = not args.quick
+        args.scaling = not (args.quick or args.smoke)
     if args.scale < 1 or args.repeats < 1:
         parser.error("--scale and --repeats must be at least 1")
     return args
@@ -1040,7 +1037,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import beam_m2v
 
     print(line("="))
-    print("beam_m2v pipeline benchmark" + ("  (--quick)" if args.quick else ""))
+    print("beam_m2v pipeline benchmark" + ("  (--quick)" if args.quick else "") + ("  (--smoke)" if args.smoke else ""))
     print(line("="))
     print(f"corpus   {args.corpus.resolve()}")
     print(f"model    {args.model.resolve()}")

@@ -14,6 +14,7 @@ model2vec each process holds its own copy on the heap (private memory).
 
     python bench/pss.py                      # ../shared/models/m2v-minilm-256, N = 1 2 4
     python bench/pss.py --model path/to/model --counts 1 2 4 8
+    python bench/pss.py --smoke              # the bundled 64-dim model, N = 1 2: checks the script runs
 """
 
 from __future__ import annotations
@@ -25,12 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import (
-    DEFAULT_MODEL,
-    MIB,
-    require_inputs,
-    start_children,
-)  # bench/ is on sys.path when run as a script
+from bench_common import MIB, add_input_options, resolve_inputs, start_children  # bench/ is on sys.path as a script
 from proc_memory import mapping_pss, smaps_rollup
 
 CHILD = r"""
@@ -80,11 +76,18 @@ def measure(kind: str, model: Path, count: int, matrix_path: str) -> list[dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder (model2vec layout)")
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="numbers of worker processes")
+    add_input_options(parser, corpus=False, repeats=None)
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        default=None,
+        help="numbers of worker processes (default 1 2 4; 1 2 with --smoke)",
+    )
     parser.add_argument("--libraries", nargs="+", default=["beam_m2v", "model2vec"], choices=["beam_m2v", "model2vec"])
     args = parser.parse_args(argv)
-    require_inputs(args.model)
+    resolve_inputs(args, parser)
+    args.counts = args.counts or ([1, 2] if args.smoke else [1, 2, 4])
 
     with tempfile.TemporaryDirectory(prefix="beam-m2v-pss-") as scratch:
         private = Path(scratch) / args.model.name

@@ -1,7 +1,8 @@
 """How far apart the static_backend (Rust ``StaticBackend``) and the model2vec semantics put the same texts.
 
-Builds the StaticBackend's raw format from the shared 256-dim model (its ``embeddings`` tensor written as
-``vocab_matrix.bin``, float32 little-endian, next to its ``tokenizer.json``) in a temporary folder,
+Builds the StaticBackend's raw format from a model2vec folder (the shared 256-dim model by default):
+its ``embeddings`` tensor written as ``vocab_matrix.bin``, float32 little-endian, next to its
+``tokenizer.json``, in a temporary folder. Then it
 loads it in both semantics, embeds the whole corpus with each, and prints per-text cosine
 statistics between the two, how many texts differ, and the two causes of differences that matter
 on this corpus: texts longer than 512 tokens and texts containing [UNK].
@@ -13,6 +14,7 @@ Run from the repository root::
 
     python bench/semantics.py
     python bench/semantics.py --limit 20000 --model path/to/model2vec/folder --corpus other.parquet
+    python bench/semantics.py --smoke     # the bundled 64-dim model and sample: checks the script runs
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, require_inputs
+from bench_common import add_input_options, resolve_inputs
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
@@ -41,11 +43,15 @@ from beam_m2v.tokenization import median_token_length, unknown_token_id
 MAX_TOKENS = 512
 
 
-def build_raw_model(model: Path, folder: Path) -> Path:
-    """Write ``model``'s embeddings as the StaticBackend's ``vocab_matrix.bin`` beside its ``tokenizer.json``."""
-    load_file(str(model / "model.safetensors"))["embeddings"].astype("<f4").tofile(folder / "vocab_matrix.bin")
+def build_raw_model(model: Path, folder: Path) -> tuple[Path, int]:
+    """Write ``model``'s embeddings as the StaticBackend's ``vocab_matrix.bin`` beside its ``tokenizer.json``.
+
+    Returns the folder and the matrix's columns (the raw format does not record them).
+    """
+    embeddings = load_file(str(model / "model.safetensors"))["embeddings"]
+    embeddings.astype("<f4").tofile(folder / "vocab_matrix.bin")
     shutil.copyfile(model / "tokenizer.json", folder / "tokenizer.json")
-    return folder
+    return folder, int(embeddings.shape[1])
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -62,17 +68,16 @@ def cosines(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a model2vec folder to make the raw model of")
+    add_input_options(parser, repeats=None)
     parser.add_argument("--limit", type=int, default=None, help="only the first N texts")
     args = parser.parse_args(argv)
-    require_inputs(args.corpus, args.model)
+    resolve_inputs(args, parser)
 
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()[: args.limit]
     with tempfile.TemporaryDirectory(prefix="beam-m2v-semantics-") as tmp:
-        raw = build_raw_model(args.model, Path(tmp))
-        backend = beam_m2v.load_model(raw)
-        model2vec = beam_m2v.load_model(raw, semantics="model2vec", normalize=True)
+        raw, dim = build_raw_model(args.model, Path(tmp))
+        backend = beam_m2v.load_model(raw, dim=dim)
+        model2vec = beam_m2v.load_model(raw, semantics="model2vec", normalize=True, dim=dim)
         started = time.perf_counter()
         backend_vectors = backend.encode(texts)
         backend_seconds = time.perf_counter() - started

@@ -14,6 +14,7 @@ cluster is sized from them. Run from the repository root::
 
     python bench/sizing.py                      # corpus x5 = 682,890 rows, 3 repeats: ~2 min on 2 cores
     python bench/sizing.py --scale 1 --repeats 1
+    python bench/sizing.py --smoke              # bundled model and sample, once: checks the script runs
 """
 
 from __future__ import annotations
@@ -21,27 +22,27 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import bench_common  # bench/ is on sys.path as a script
 import pipeline as pipeline_bench
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, MIB, loadavg
+from bench_common import MIB, loadavg
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="Parquet file with id and text columns")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model2vec model folder")
-    parser.add_argument("--scale", type=int, default=pipeline_bench.DEFAULT_SCALE, help="corpus repetitions")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the main input")
+    bench_common.add_input_options(parser, repeats=3)
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help=f"corpus repetitions (default {pipeline_bench.DEFAULT_SCALE}; 1 with --smoke)",
+    )
     args = parser.parse_args(argv)
-    for path in (args.corpus, args.model):
-        if not path.exists():
-            print(f"{path} is missing: this benchmark needs the corpus and model of ../shared", file=sys.stderr)
-            return 2
+    bench_common.resolve_inputs(args, parser, repeats=3)
+    args.scale = args.scale or (1 if args.smoke else pipeline_bench.DEFAULT_SCALE)
     work = Path(tempfile.mkdtemp(prefix="beam-m2v-sizing-"))
     try:
         code = pipeline_bench.snapshot_code(work)
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU (user + system)           {cpu:>12.1f} s   ({cpu / wall:.2f} cores busy on average)")
         print(f"start-up (10-row run)         {startup_cpu:>12.1f} CPU-s, {startup_wall:.1f} s wall")
         print(f"rows per CPU-second, whole run{rows / cpu:>12,.0f}")
-        print(f"rows per CPU-second, work only{rows / max(cpu - startup_cpu, 1e-9):>12,.0f}")
+        if cpu > startup_cpu:
+            print(f"rows per CPU-second, work only{rows / (cpu - startup_cpu):>12,.0f}")
+        else:
+            print("rows per CPU-second, work only  - (the run took no more CPU than the 10-row start-up)")
         print(f"loadavg at end {loadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,8 @@ Runs, in one invocation and interleaved over ``--repeats`` rounds, on the shared
 Each pipeline counts its outputs in a Beam metric; wall time includes pipeline construction
 and the runner's start-up, but not reading the corpus into the launcher.
 
-    python bench/transforms.py [--quick] [--repeats 3] [--model PATH] [--corpus PATH]
+    python bench/transforms.py [--quick] [--repeats 3] [--model PATH] [--corpus PATH] [--with-process-batch]
+    python bench/transforms.py --smoke     # bundled model and sample, 1 repeat, every contender: checks it runs
 """
 
 # No `from __future__ import annotations`: Beam reads process_batch type hints at run time.
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.parquetio import ReadFromParquetBatched
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, require_inputs  # bench/ is on sys.path as a script
+from bench_common import add_input_options, resolve_inputs  # bench/ is on sys.path as a script
 
 import beam_m2v
 
@@ -84,13 +85,15 @@ def run_pipeline(build, expected: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
-    parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    parser.add_argument("--repeats", type=int, default=3)
+    add_input_options(parser, repeats=3)
     parser.add_argument("--quick", action="store_true", help="first 20,000 texts, 1 repeat")
-    parser.add_argument("--with-process-batch", action="store_true", help="also time a process_batch DoFn (slow)")
+    parser.add_argument(
+        "--with-process-batch", action="store_true", help="also time a process_batch DoFn (slow; on with --smoke)"
+    )
     args = parser.parse_args()
-    require_inputs(args.corpus, args.model)
+    resolve_inputs(args, parser, repeats=3)
+    args.corpus, args.model = str(args.corpus), str(args.model)
+    args.with_process_batch = args.with_process_batch or args.smoke
     corpus = args.corpus
     table = pq.read_table(corpus, columns=["id", "text"])
     if args.quick:

@@ -23,6 +23,7 @@ Run from the repository root::
 
     python bench/workers.py                 # corpus x5 (682,890 rows), 256-dim model: ~10 min on 2 cores
     python bench/workers.py --quick         # bundled 2,000-row sample x2, bundled 64-dim model, 4 runs
+    python bench/workers.py --smoke         # the same 4 runs on the sample once: checks the script runs
     python bench/workers.py --setups one1,multi2,multi4 --repeats 3   # an A/B: medians of 3 (~6 min)
     python bench/workers.py --repeats 3 --json out.json
 """
@@ -50,10 +51,8 @@ import numpy as np
 import pipeline as pipeline_bench  # bench/pipeline.py: inputs, code snapshot, whole-process measurement
 import psutil
 import pyarrow.parquet as pq
-from bench_common import DEFAULT_CORPUS, DEFAULT_MODEL, REPO, loadavg
+from bench_common import REPO, loadavg
 
-QUICK_CORPUS = REPO / "samples" / "linux-doc-sample.parquet"
-QUICK_MODEL = REPO / "models" / "m2v-minilm-64"
 DEFAULT_SCALE = 5
 QUICK_SCALE = 2
 HARNESS_THREADS = (1, 4, 12)
@@ -132,16 +131,17 @@ class Row:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=None, help="Parquet file with id and text columns")
-    parser.add_argument("--model", type=Path, default=None, help="model2vec model folder")
-    parser.add_argument("--scale", type=int, default=None, help=f"corpus repetitions (default {DEFAULT_SCALE})")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of every setup and mode (default 1)")
-    parser.add_argument("--quick", action="store_true", help="bundled sample and model, 4 runs: a smoke run")
+    bench_common.add_input_options(parser, repeats=1)
+    parser.add_argument(
+        "--scale", type=int, default=None, help=f"corpus repetitions (default {DEFAULT_SCALE}; 1 with --smoke)"
+    )
+    parser.add_argument("--quick", action="store_true", help=f"bundled sample x{QUICK_SCALE} and model, 4 runs")
     parser.add_argument(
         "--startup",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help=f"also time {STARTUP_ROWS} rows in 1, 2 and 4 processes, the fixed cost (default: on; off with --quick)",
+        help=f"also time {STARTUP_ROWS} rows in 1, 2 and 4 processes, the fixed cost (default: on; off with --quick, "
+        "--smoke)",
     )
     parser.add_argument(
         "--setups",
@@ -153,17 +153,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
-    args.corpus = args.corpus or (QUICK_CORPUS if args.quick else DEFAULT_CORPUS)
-    args.model = args.model or (QUICK_MODEL if args.quick else DEFAULT_MODEL)
-    args.scale = args.scale or (QUICK_SCALE if args.quick else DEFAULT_SCALE)
-    args.startup = not args.quick if args.startup is None else args.startup
-    if args.scale < 1 or args.repeats < 1:
-        parser.error("--scale and --repeats must be at least 1")
+    if args.quick:  # the bundled inputs, as with --smoke
+        args.corpus = args.corpus or bench_common.SMOKE_CORPUS
+        args.model = args.model or bench_common.SMOKE_MODEL
+    bench_common.resolve_inputs(args, parser, repeats=1)
+    args.scale = args.scale or (QUICK_SCALE if args.quick else 1 if args.smoke else DEFAULT_SCALE)
+    args.startup = not (args.quick or args.smoke) if args.startup is None else args.startup
+    if args.scale < 1:
+        parser.error("--scale must be at least 1")
     return args
 
 
 def plan(quick: bool) -> tuple[list[Setup], dict[Setup, tuple[str, ...]]]:
-    """The setups in table order, and which modes each runs."""
+    """The setups in table order, and which modes each runs (``quick``: three setups, four runs)."""
     both = ("today", "budget")
     if quick:
         return [Setup(ONE, 1), Setup(MULTI, 2), Setup(POOL, 2, 1)], {
@@ -275,9 +277,6 @@ def fingerprints(output: Path, rows: int) -> np.ndarray:
 
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    for path in (args.corpus, args.model):
-        if not path.exists():
-            raise SystemExit(f"bench/workers.py: {path} is missing (pass --corpus / --model, or --quick)")
     code = pipeline_bench.snapshot_code(work)
     shutil.copy2(Path(__file__).with_name("pool_runner.py"), pipeline_bench.CODE / "pool_runner.py")
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -292,7 +291,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         WIDTH,
     )
     print(f"  {pipeline_bench.machine()}")
-    setups, modes = plan(args.quick)
+    setups, modes = plan(args.quick or args.smoke)
     if args.setups:
         wanted = {"one1", *(key.strip() for key in args.setups.split(","))}
         unknown = wanted - {setup.key for setup in setups}
@@ -315,7 +314,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     mismatches.append(f"{setup.label}, {mode}")
     startup = measure_startup(source, model, work, set(table)) if args.startup else {}
     print_table(table, rows)
-    checks = print_targets(table, args.quick, startup)
+    checks = print_targets(table, args.quick or args.smoke, startup)
     print()
     print(f"vectors: {'all runs bit-identical' if not mismatches else 'DIFFER in ' + '; '.join(mismatches)}")
     return {
@@ -379,7 +378,7 @@ def print_table(table: dict[Setup, Row], rows: int) -> None:
 
 def print_targets(table: dict[Setup, Row], quick: bool, startup: dict[Setup, Run]) -> dict[str, bool]:
     bench_common.section(
-        "Targets" + (" (a --quick run: small input, not the 682,890-row targets)" if quick else ""), WIDTH
+        "Targets" + (" (a --quick or --smoke run: small input, not the 682,890-row targets)" if quick else ""), WIDTH
     )
     one = table[Setup(ONE, 1)]
     checks: dict[str, bool] = {}

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -373,32 +372,3 @@ def test_embed_in_one_process_follows_the_explicit_option(model_64_path, tmp_pat
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"beam-m2v threads: 1 core for this process (--{OPTION}=1)" in done.stderr
-
-
-# -- the benchmark's smoke run -----------------------------------------------------------------------
-
-
-def test_workers_bench_quick(tmp_path):
-    # Four whole `pipelines.embed` runs (one in memory twice, two multi_processing workers, two pool
-    # workers) on 4,000 rows: each pays Beam's start-up in every process, ~20 s on 2 idle cores and
-    # up to ~100 s when they are busy.
-    result_path = tmp_path / "workers.json"
-    environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "workers.py"), "--quick", "--json", str(result_path)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(result_path.read_text())
-    assert result["rows"] == 4000
-    assert result["vectors_identical"] is True
-    runs = {row["label"]: row for row in result["setups"]}
-    assert len(runs) == 3
-    assert all(row["budget"] and row["budget"][0]["cpu_s"] > 0 for row in runs.values())
-    assert "one process, budget: wall / today's" in result["targets"]
-    assert "vectors: all runs bit-identical" in done.stdout
-    assert textwrap.dedent("Medians: wall and CPU seconds") in done.stdout
