@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()[: args.limit]
     with tempfile.TemporaryDirectory(prefix="beam-m2v-semantics-") as tmp:
         raw, dim = build_raw_model(args.model, Path(tmp))
-        backend = beam_m2v.load_model(raw, dim=dim)
-        model2vec = beam_m2v.load_model(raw, semantics="model2vec", normalize=True, dim=dim)
+        backend = beam_m2v.load_model(raw, raw_dim=dim)
+        model2vec = beam_m2v.load_model(raw, semantics="model2vec", normalize=True, raw_dim=dim)
         started = time.perf_counter()
         backend_vectors = backend.encode(texts)
         backend_seconds = time.perf_counter() - started
