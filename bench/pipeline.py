@@ -810,7 +810,7 @@ def profile_embed(source: Path, model: Path, work: Path) -> dict[str, Any]:
     import apache_beam as beam
 
     from beam_m2v.encoder import StaticEmbedder
-    from beam_m2v.loading import load_model
+    from beam_m2v.loading import load_with_options as load_model  # every load goes through it
     from beam_m2v.transforms.embed_tables import EmbedTablesDoFn, _row_problems
     from beam_m2v.transforms.metrics import EmbeddingMetrics
     from pipelines import embed as embed_module
