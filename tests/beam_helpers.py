@@ -157,14 +157,19 @@ def beam_worker_pool(
     environment = dict(os.environ if env is None else env)
     environment["PATH"] = os.path.dirname(python) + os.pathsep + environment.get("PATH", "")
     with open(log if log is not None else os.devnull, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment, cwd=cwd)
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
+        )
     try:
         wait_for_port(port, process, "worker pool")
         yield f"localhost:{port}"
     finally:
         process.send_signal(signal.SIGINT)  # the pool stops the SDK workers it started on the way out
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            process.kill()
+            # An SDK worker still running when its pool stops gets SIGTERM and 10 s before SIGKILL:
+            # the pool and its workers (its own process group) are stopped at once instead.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()

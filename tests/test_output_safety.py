@@ -128,12 +128,16 @@ def finished_output(small_input: Path, model_64_path: Path, tmp_path_factory: py
 
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All 5,000 corpus rows, twice over in two files (a run that lasts a few seconds)."""
+    """1,000 corpus rows, twice over in two files: 2,000 rows, more than ``small_input``'s 300.
+
+    The runs on it are stopped (SIGSTOP, SIGKILL) as soon as their staging folder exists, which is
+    before the pipeline is even built, so its size does not decide whether they can be caught.
+    """
     folder = tmp_path_factory.mktemp("big-input")
-    table: pa.Table = corpus_table()
+    table: pa.Table = corpus_table().slice(0, 1000)
     for part in range(2):
         shifted = table.set_column(0, "id", pa.array(np.arange(len(table)) + part * len(table)))
-        pq.write_table(shifted, folder / f"corpus-{part}.parquet", row_group_size=1000)
+        pq.write_table(shifted, folder / f"corpus-{part}.parquet", row_group_size=500)
     return folder
 
 
@@ -222,19 +226,29 @@ def _link_loop(tmp: Path, small_input: Path, finished: Path) -> tuple[str, Path,
     return str(tmp / "loop"), tmp, tmp
 
 
-# (make, why, through a subprocess): the folders named in the brief of this check run as real programs.
+# (make, why): folders a run must never replace.
 REFUSED = [
-    pytest.param(_input_folder, "no beam-m2v manifest", True, id="input-folder"),
-    pytest.param(_current_folder, "no beam-m2v manifest", True, id="current-folder"),
-    pytest.param(_home_folder, "no beam-m2v manifest", True, id="home-folder"),
-    pytest.param(_regular_file, "is a file", True, id="regular-file"),
-    pytest.param(_foreign_manifest, "no beam-m2v manifest", False, id="manifest-json-of-another-program"),
-    pytest.param(_garbled_manifest, "no beam-m2v manifest", False, id="garbled-manifest"),
-    pytest.param(_output_with_own_files, "'README.txt', which beam-m2v did not write", False, id="output-plus-a-file"),
-    pytest.param(_folder_of_outputs, "no beam-m2v manifest", False, id="folder-of-outputs"),
-    pytest.param(_link_to_input_folder, "no beam-m2v manifest", False, id="symlink-to-input-folder"),
-    pytest.param(_link_loop, "symbolic link that leads nowhere", False, id="symlink-loop"),
+    pytest.param(_input_folder, "no beam-m2v manifest", id="input-folder"),
+    pytest.param(_current_folder, "no beam-m2v manifest", id="current-folder"),
+    pytest.param(_home_folder, "no beam-m2v manifest", id="home-folder"),
+    pytest.param(_regular_file, "is a file", id="regular-file"),
+    pytest.param(_foreign_manifest, "no beam-m2v manifest", id="manifest-json-of-another-program"),
+    pytest.param(_garbled_manifest, "no beam-m2v manifest", id="garbled-manifest"),
+    pytest.param(_output_with_own_files, "'README.txt', which beam-m2v did not write", id="output-plus-a-file"),
+    pytest.param(_folder_of_outputs, "no beam-m2v manifest", id="folder-of-outputs"),
+    pytest.param(_link_to_input_folder, "no beam-m2v manifest", id="symlink-to-input-folder"),
+    pytest.param(_link_loop, "symbolic link that leads nowhere", id="symlink-loop"),
 ]
+
+
+def refusal_cases(cases: list[Any], through_subprocess: str) -> list[Any]:
+    """``cases`` with a third value: whether the case runs as a real program (``python -m pipelines.NAME``).
+
+    One case per program is a real process, which shows the exit code and the absence of a traceback
+    as a user sees them; the others call ``main(argv)`` in-process (the same code, without the 3 s of
+    Python and Beam start-up each).
+    """
+    return [pytest.param(*case.values, case.id == through_subprocess, id=case.id) for case in cases]
 
 
 def run_refused(command: str, args: list[str], cwd: Path, through_subprocess: bool, capsys: Any) -> str:
@@ -245,15 +259,18 @@ def run_refused(command: str, args: list[str], cwd: Path, through_subprocess: bo
     here = os.getcwd()
     os.chdir(cwd)
     try:
-        assert main(args) == 2
+        code = main(args)
     finally:
         os.chdir(here)
-    (line,) = error_lines(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    (line,) = error_lines(err)
     assert line.startswith(f"beam-m2v {command}: error: "), line
     return line
 
 
-@pytest.mark.parametrize(("make", "why", "through_subprocess"), REFUSED)
+@pytest.mark.parametrize(("make", "why", "through_subprocess"), refusal_cases(REFUSED, "current-folder"))
 def test_embed_refuses_an_output_it_must_not_replace(
     make, why, through_subprocess, small_input, finished_output, model_64_path, tmp_path, capsys
 ):
@@ -266,7 +283,9 @@ def test_embed_refuses_an_output_it_must_not_replace(
     assert not [name for name in os.listdir(tmp_path) if ".staging-" in name or ".rejected-" in name]
 
 
-@pytest.mark.parametrize(("make", "why", "through_subprocess"), [REFUSED[0], REFUSED[3], REFUSED[6]])
+@pytest.mark.parametrize(
+    ("make", "why", "through_subprocess"), refusal_cases([REFUSED[0], REFUSED[3], REFUSED[6]], "input-folder")
+)
 def test_reembed_refuses_an_output_it_must_not_replace(
     make, why, through_subprocess, small_input, finished_output, model_64_path, tmp_path, capsys
 ):
@@ -279,12 +298,12 @@ def test_reembed_refuses_an_output_it_must_not_replace(
     assert tree_state(watched) == before
 
 
-def test_an_output_is_checked_before_the_model_is_loaded(small_input, tmp_path):
+def test_an_output_is_checked_before_the_model_is_loaded(small_input, tmp_path, capsys):
     """The refusal names the output even when the model does not exist: nothing else was done first."""
     target = tmp_path / "file.txt"
     target.write_text("keep me\n")
-    process = program("embed", "--input", str(small_input), "--output", str(target), "--model", str(tmp_path / "no"))
-    assert "is a file" in refused(process)
+    args = ["--input", str(small_input), "--output", str(target), "--model", str(tmp_path / "no")]
+    assert "is a file" in run_refused("embed", args, REPO, False, capsys)
     assert target.read_text() == "keep me\n"
 
 
@@ -310,8 +329,9 @@ def test_outputs_a_run_may_write(small_input, finished_output, model_64_path, mo
     assert link.is_symlink() and os.readlink(link) == str(target)
 
 
-def test_an_empty_output_path_is_refused(small_input, model_64_path, tmp_path):
-    line = refused(program("embed", "--input", str(small_input), "--output", "", *model_args(model_64_path)))
+def test_an_empty_output_path_is_refused(small_input, model_64_path, capsys):
+    args = ["--input", str(small_input), "--output", "", *model_args(model_64_path)]
+    line = run_refused("embed", args, REPO, False, capsys)
     assert "--output is empty" in line
 
 
@@ -353,10 +373,11 @@ def test_an_input_column_named_like_an_output_column_is_refused(
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "abc", "nan"])
-def test_max_failed_fraction_must_be_a_number_from_0_to_1(value, small_input, model_64_path, tmp_path):
+def test_max_failed_fraction_must_be_a_number_from_0_to_1(value, small_input, model_64_path, tmp_path, capsys):
+    """One value through a real program, the others in-process (the same argument check)."""
     out = tmp_path / "vectors"
     args = ["--input", str(small_input), "--output", str(out), "--max-failed-fraction", value]
-    line = refused(program("embed", *args, *model_args(model_64_path)))
+    line = run_refused("embed", [*args, *model_args(model_64_path)], REPO, value == "abc", capsys)
     assert "--max-failed-fraction must be a number from 0 to 1" in line and repr(value) in line, line
     assert not out.exists() and hidden_siblings(out) == []
 
@@ -497,7 +518,7 @@ def test_a_killed_runs_staging_is_hidden_and_removed_by_the_next_run(
 
 
 def test_a_live_runs_staging_is_left_alone(big_input, small_input, model_64_path, tmp_path):
-    """A 10,000-row program stopped while a concurrent run publishes, then resumed: about 8 s on an idle machine."""
+    """A 2,000-row program stopped while a concurrent run publishes, then resumed: about 6 s on an idle machine."""
     out = tmp_path / "vectors"
     process = start_embed(big_input, out, model_64_path)
     try:
@@ -514,8 +535,8 @@ def test_a_live_runs_staging_is_left_alone(big_input, small_input, model_64_path
     assert process.returncode == 0, stderr[-3000:]
     # The live run finished and published over the concurrent run's output.
     published = json.loads((out / "_manifest.json").read_text())
-    assert published["rows"] == {"read": 10_000, "embedded": 10_000, "failed": 0}
-    assert ds.dataset(str(out)).count_rows() == 10_000
+    assert published["rows"] == {"read": 2_000, "embedded": 2_000, "failed": 0}
+    assert ds.dataset(str(out)).count_rows() == 2_000
     assert hidden_siblings(out) == []
 
 

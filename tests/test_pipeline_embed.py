@@ -7,7 +7,9 @@ console script, or ``pipelines.embed.run(argv)`` in-process) and is checked agai
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import re
@@ -25,10 +27,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import beam_m2v
-from pipelines.embed import run
+from pipelines.embed import main, run
 from tests.beam_helpers import beam_worker_pool
 from tests.conftest import REPO, corpus_jsonl_lines
-from tests.conftest import corpus_table as test_corpus
+from tests.conftest import corpus_table as whole_corpus
 
 BOOKKEEPING = {"__source", "__position"}
 SUMMARY = re.compile(r"done: ([\d,]+) rows read, ([\d,]+) embedded, ([\d,]+) failed")
@@ -39,7 +41,7 @@ SUMMARY = re.compile(r"done: ([\d,]+) rows read, ([\d,]+) embedded, ([\d,]+) fai
 
 def corpus_table(start: int, stop: int) -> pa.Table:
     """Rows ``start:stop`` of the test corpus (id int64, text string)."""
-    table: pa.Table = test_corpus()
+    table: pa.Table = whole_corpus()
     return table.slice(start, stop - start)
 
 
@@ -81,6 +83,18 @@ def run_command(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def embed_module(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """``python -m pipelines.embed ARGS`` with this interpreter."""
     return run_command([sys.executable, "-m", "pipelines.embed", *args], cwd)
+
+
+def embed_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``pipelines.embed.main(ARGS)`` in this process: its exit code and what it printed, as a finished process.
+
+    The same program as ``python -m pipelines.embed`` without the 3 s of Python and Beam start-up;
+    the tests that must see the real process (exit code, no traceback) keep a subprocess.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["pipelines.embed.main", *args], code, out.getvalue(), err.getvalue())
 
 
 def embed_console(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -287,7 +301,7 @@ def test_the_final_summary_is_printed_once_on_stdout(parquet_run):
 @pytest.mark.parametrize(
     ("compressed", "console"),
     [(False, True), (False, False), (True, False)],
-    ids=["plain-via-console-script", "plain-via-module", "gzip-via-module"],
+    ids=["plain-via-console-script", "plain-in-process", "gzip-in-process"],
 )
 def test_jsonl_input_plain_and_gzip(compressed, console, model, model_64_path, tmp_path):
     lines = corpus_jsonl_lines(2000)
@@ -300,7 +314,8 @@ def test_jsonl_input_plain_and_gzip(compressed, console, model, model_64_path, t
     out = tmp_path / "vectors"
     args = ["--input", str(folder / f"*{suffix}"), "--output", str(out), "--model", str(model_64_path)]
     # The console script runs from another folder than the repository: the installed command must work.
-    process = embed_console(*args, cwd=tmp_path) if console else embed_module(*args)
+    # (``python -m pipelines.embed`` is the reference run of the Parquet tests.)
+    process = embed_console(*args, cwd=tmp_path) if console else embed_in_process(*args)
     succeeded(process)
     records = [json.loads(line) for line in lines]
     check_vectors(out, {record["id"]: record["text"] for record in records}, model)
@@ -442,12 +457,15 @@ def bad_jsonl_lines(big: str) -> list[tuple[bytes, tuple[Any, ...]]]:
 
 @pytest.fixture(scope="module")
 def bad_jsonl_run(model_64_path, corpus_texts, tmp_path_factory):
+    """One in-process run on every kind of bad line and a 10 MB one: about 10 s on an idle machine, most
+    of it spent checking the 10 MB line's nesting depth (its text holds brackets), once in the launcher's
+    type scan and once in the pipeline."""
     folder = tmp_path_factory.mktemp("bad-jsonl")
     lines = bad_jsonl_lines(huge_text(corpus_texts))
     source = folder / "mixed.jsonl"
     source.write_bytes(b"\n".join(raw for raw, _ in lines))  # no final newline
     out = folder / "vectors"
-    process = embed_module(
+    process = embed_in_process(
         "--input", str(source), "--output", str(out), "--model", str(model_64_path), "--max-failed-fraction", "1"
     )
     return source, lines, out, process
@@ -616,19 +634,23 @@ def test_parquet_without_the_text_column_exits_2(model_64_path, tmp_path):
 
 
 def test_a_later_parquet_file_without_the_text_column_exits_2(model_64_path, tmp_path):
+    """In-process: the real process's exit code and stderr are shown by the test above."""
     folder = tmp_path / "input"
     write_parquet_parts(corpus_table(0, 200), folder, [(0, 200, 100)])
     pq.write_table(pa.table({"id": [1, 2], "body": ["a", "b"]}), folder / "z-no-text.parquet")
     out = tmp_path / "vectors"
-    process = embed_module("--input", str(folder / "*.parquet"), "--output", str(out), "--model", str(model_64_path))
+    process = embed_in_process(
+        "--input", str(folder / "*.parquet"), "--output", str(out), "--model", str(model_64_path)
+    )
     message = check_clean_start_up_error(process, out)
     assert "z-no-text.parquet" in message and "'text'" in message and "'body'" in message, message
 
 
 def test_a_pattern_matching_nothing_exits_2(model_64_path, tmp_path):
+    """In-process, like the test above."""
     pattern = str(tmp_path / "nowhere" / "*.parquet")
     out = tmp_path / "vectors"
-    process = embed_module("--input", pattern, "--output", str(out), "--model", str(model_64_path))
+    process = embed_in_process("--input", pattern, "--output", str(out), "--model", str(model_64_path))
     message = check_clean_start_up_error(process, out)
     assert pattern in message and "no files" in message.lower(), message
 
