@@ -667,7 +667,7 @@ def objects(store: S3, prefix: str) -> dict[str, str]:
 
 def test_object_store_outputs_are_checked_replaced_and_rejected(store, small_input, model_64_path, tmp_path, caplog):
     """Two in-process runs and two refusals against moto: Beam's S3 filesystem makes a boto3 client for every
-    call (about 30 per run, each 0.1-0.5 s), so this takes 10-30 s."""
+    call (about 30 per run); with botocore's data parsed once (``moto_server``) this takes about 6 s."""
     previous_options = FileSystems._pipeline_options
     out = f"s3://{BUCKET}/nightly/vectors"
     args = ["--model", str(model_64_path), "--runner=FnApiRunner", *store.options]

@@ -398,6 +398,8 @@ def vectors_by_id(out: Path) -> dict[int, np.ndarray]:
 
 
 def test_embed_on_external_workers_reads_the_s3_model(s3, worker_pool, worker_cache, tmp_path, monkeypatch):
+    """About 10 s on a quiet machine: a PortableRunner job whose SDK worker is a separate process that
+    imports Beam and fetches the model from S3 itself (the point of the test), then 2,000 rows."""
     monkeypatch.setenv("BEAM_M2V_CACHE", str(tmp_path / "launcher-cache"))
     previous = FileSystems._pipeline_options
     try:
