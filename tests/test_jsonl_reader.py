@@ -134,3 +134,19 @@ def test_in_a_pipeline_clean_blocks_go_in_bulk_and_a_bad_block_line_by_line(tmp_
     assert counter(result, "jsonl_blocks_parsed_in_bulk") == 2
     assert counter(result, "jsonl_blocks_parsed_by_line") == 1
     assert counter(result, "rows_read") == 12
+
+
+def test_the_token_pattern_finds_what_the_plain_pattern_finds():
+    """``_TOKEN``'s unrolled string pattern matches exactly as the plain ``"(?:[^"\\]|\\.)*"`` does."""
+    import random
+    import re
+
+    from pipelines.jsonl_lines import _TOKEN
+
+    plain = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+    rng = random.Random(7)
+    alphabet = b'"\\[]{}ab \n\xc3\xa9'
+    lines = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    lines += [b'{"a": "x\\"y[", "b": [1, {"c": "\\\\"}], "d": "\\u00e9}"}', b'"open [ {', b'"a\\', b'"\\"']
+    for line in lines:
+        assert [m.span() for m in _TOKEN.finditer(line)] == [m.span() for m in plain.finditer(line)], line
