@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import compileall
 import functools
 import json
 import re
@@ -19,10 +20,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 MODEL_64 = REPO / "models" / "m2v-minilm-64"
 SAMPLE_PARQUET = REPO / "samples" / "linux-doc-sample.parquet"
 SAMPLE_JSONL = REPO / "samples" / "linux-doc-sample.jsonl"
 CORPUS_ROWS = 5000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the package once before the tests start (in the controller, not in each xdist worker).
+
+    Many tests start ``python -m pipelines.embed`` processes. Without bytecode on disk (a fresh
+    clone, or ``PYTHONDONTWRITEBYTECODE=1``) every one of them would compile every module again.
+    """
+    if not hasattr(config, "workerinput"):
+        for folder in ("beam_m2v", "pipelines"):
+            compileall.compile_dir(REPO / folder, quiet=1)
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """Every ```python block of README.md and docs/*.md runs as written against the bundled model.
 
-One subprocess per Markdown file (cwd: the repository root, ``HF_HUB_OFFLINE=1``, the repository on
-``PYTHONPATH``) runs the file's blocks in order, each in a fresh namespace, so a block that relies on
-an import or a name from another block fails. A block that cannot run here (it needs a cloud
+One subprocess (cwd: the repository root, ``HF_HUB_OFFLINE=1``, the repository on ``PYTHONPATH``)
+runs every file's blocks in order, each in a fresh namespace, so a block that relies on an import or
+a name from another block fails; after a failure the rest of that file's blocks are not run, and
+each file is reported by its own test. A block that cannot run here (it needs a cloud
 bucket, a cluster or Airflow) is marked by an HTML comment on the line just before its fence::
 
     <!-- not run: needs a gs:// bucket and a Google Cloud project -->
@@ -38,15 +39,21 @@ ALLOWED_NOT_RUN = {
 }
 
 RUNNER = r"""
-import json, sys, traceback
+import json, os, sys, traceback
 blocks = json.loads(sys.stdin.read())
+failed = set()
 for block in blocks:
+    if block["file"] in failed:
+        continue
     try:
         exec(compile(block["code"], f"{block['file']}:{block['line']}", "exec"), {"__name__": "__main__"})
     except BaseException:
+        failed.add(block["file"])
         print(f"\n{block['file']}, block at line {block['line']} failed:\n", file=sys.stderr)
         traceback.print_exc()
-        sys.exit(1)
+        continue
+    finally:
+        os.chdir(sys.argv[1])
     print(f"ran {block['file']}:{block['line']}", file=sys.stderr)
 """
 
@@ -91,29 +98,47 @@ def python_blocks(path: Path) -> list[Block]:
     return [block for block in blocks_of(path) if block.language == "python" and block.not_run is None]
 
 
-@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.relative_to(REPO).as_posix())
-def test_python_blocks_run(path: Path) -> None:
-    blocks = python_blocks(path)
-    if not blocks:
-        pytest.skip("no python blocks")
+@pytest.fixture(scope="module")
+def snippet_run() -> subprocess.CompletedProcess[str]:
+    """Every file's blocks, in one process: Python and Beam start once, not once per Markdown file."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    blocks = [block for path in markdown_files() for block in python_blocks(path)]
     payload = json.dumps([{"file": b.file, "line": b.line, "code": b.code} for b in blocks])
-    process = subprocess.run(
-        [sys.executable, "-c", RUNNER],
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, str(REPO)],
         input=payload,
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
-    assert process.returncode == 0, process.stderr[-5000:]
-    assert len(re.findall(r"^ran \S+:\d+$", process.stderr, re.MULTILINE)) == len(blocks), process.stderr[-3000:]
+
+
+def failure_of(stderr: str, name: str) -> str:
+    """The traceback printed for ``name``'s failed block, if any."""
+    start = stderr.find(f"\n{name}, block at line ")
+    if start == -1:
+        return ""
+    end = stderr.find("\nran ", start)
+    return stderr[start : end if end != -1 else len(stderr)][-5000:]
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.relative_to(REPO).as_posix())
+def test_python_blocks_run(path: Path, snippet_run: subprocess.CompletedProcess[str]) -> None:
+    blocks = python_blocks(path)
+    if not blocks:
+        pytest.skip("no python blocks")
+    name = path.relative_to(REPO).as_posix()
+    assert snippet_run.returncode == 0, snippet_run.stderr[-3000:]
+    assert not failure_of(snippet_run.stderr, name), failure_of(snippet_run.stderr, name)
+    ran = re.findall(rf"^ran {re.escape(name)}:\d+$", snippet_run.stderr, re.MULTILINE)
+    assert len(ran) == len(blocks), snippet_run.stderr[-3000:]
 
 
 def test_the_readme_shows_runnable_python() -> None:
