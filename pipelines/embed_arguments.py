@@ -18,8 +18,8 @@ from pipelines.inputs import JSONL_ROWS_PER_TABLE
 from pipelines.progress import DEFAULT_INTERVAL
 
 DEFAULT_MODEL = "minishlab/potion-base-8M"
-#: Options that must be positive whole numbers when given.
-POSITIVE_OPTIONS = ("dimensionality", "dim", "batch_size")
+#: Options that must be positive whole numbers when given: parsed name -> the spellings named in the refusal.
+POSITIVE_OPTIONS = {"dimensionality": "--dimensionality", "raw_dim": "--raw-dim/--dim", "batch_size": "--batch-size"}
 
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +109,7 @@ def model_spec_of(args: argparse.Namespace) -> ModelSpec:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse a numeric option that is zero or negative (``InputError``, one line)."""
-    for name in POSITIVE_OPTIONS:
+    for name, flags in POSITIVE_OPTIONS.items():
         value = getattr(args, name, None)
         if value is not None and value <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
+            raise InputError(f"{flags} must be a positive whole number, got {value}")

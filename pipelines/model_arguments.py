@@ -26,6 +26,8 @@ class ModelArgument:
     metavar: str | None = None
     type: Callable[[str], object] = str
     choices: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()
+    """Other spellings of ``flag`` that are still accepted."""
 
     @property
     def dest(self) -> str:
@@ -57,11 +59,12 @@ MODEL_ARGUMENTS: tuple[ModelArgument, ...] = (
         type=int,
     ),
     ModelArgument(
-        "--dim",
+        "--raw-dim",
         "raw_dim",
-        f"number of columns of a raw vocab_matrix.bin model (default: {DEFAULT_RAW_DIM})",
+        f"number of columns of a raw vocab_matrix.bin model (default: {DEFAULT_RAW_DIM}; --dim is its old name)",
         metavar="N",
         type=int,
+        aliases=("--dim",),
     ),
     ModelArgument(
         "--hf-revision",
@@ -84,6 +87,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     for argument in MODEL_ARGUMENTS:
         parser.add_argument(
             argument.flag,
+            *argument.aliases,
+            dest=argument.dest,
             type=argument.type,
             metavar=argument.metavar,
             choices=list(argument.choices) if argument.choices else None,

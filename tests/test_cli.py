@@ -257,7 +257,7 @@ def test_model_arguments_set_the_model_options() -> None:
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     sha = "ab" * 32
-    model_options = ["--tokenizer", "tok/", "--semantics", "seed", "--dimensionality", "8", "--dim", "64"]
+    model_options = ["--tokenizer", "tok/", "--semantics", "seed", "--dimensionality", "8", "--raw-dim", "64"]
     args = parser.parse_args([*model_options, "--hf-revision", "v2", "--model-sha256", sha])
     spec = spec_from_arguments(MODEL, args)
     assert spec == beam_m2v.ModelSpec(

@@ -339,7 +339,8 @@ def test_batch_size_caps_the_rows_per_table(fmt, model, model_64_path, tmp_path)
 
 
 @pytest.mark.parametrize(
-    "option", [["--batch-size", "0"], ["--dimensionality", "0"], ["--dim", "-3"], ["--batch-size", "-1"]]
+    "option",
+    [["--batch-size", "0"], ["--dimensionality", "0"], ["--dim", "-3"], ["--raw-dim", "0"], ["--batch-size", "-1"]],
 )
 def test_numeric_options_below_one_are_refused(option, model_64_path, tmp_path, capsys):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": "a"}])
