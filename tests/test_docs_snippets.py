@@ -1,6 +1,7 @@
 """Every ```python block of README.md and docs/*.md runs as written against the bundled model.
 
-One subprocess (cwd: the repository root, ``HF_HUB_OFFLINE=1``, the repository on ``PYTHONPATH``)
+One subprocess (cwd: a folder showing the repository's ``models/`` and ``samples/``,
+``HF_HUB_OFFLINE=1``, the repository on ``PYTHONPATH``)
 runs every file's blocks in order, each in a fresh namespace, so a block that relies on an import or
 a name from another block fails; after a failure the rest of that file's blocks are not run, and
 each file is reported by its own test. A block that cannot run here (it needs a cloud
@@ -99,8 +100,16 @@ def python_blocks(path: Path) -> list[Block]:
 
 
 @pytest.fixture(scope="module")
-def snippet_run() -> subprocess.CompletedProcess[str]:
-    """Every file's blocks, in one process: Python and Beam start once, not once per Markdown file."""
+def snippet_run(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """Every file's blocks, in one process: Python and Beam start once, not once per Markdown file.
+
+    They run in a folder of their own that shows the repository's ``models/`` and ``samples/``, so
+    what they write (``vectors/``, datasets) stays out of the repository, and two test workers that
+    both run this fixture do not write the same files.
+    """
+    folder = tmp_path_factory.mktemp("docs")
+    for name in ("models", "samples"):
+        (folder / name).symlink_to(REPO / name, target_is_directory=True)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -109,9 +118,9 @@ def snippet_run() -> subprocess.CompletedProcess[str]:
     blocks = [block for path in markdown_files() for block in python_blocks(path)]
     payload = json.dumps([{"file": b.file, "line": b.line, "code": b.code} for b in blocks])
     return subprocess.run(
-        [sys.executable, "-c", RUNNER, str(REPO)],
+        [sys.executable, "-c", RUNNER, str(folder)],
         input=payload,
-        cwd=REPO,
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
