@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
+from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import InvalidTextError, MissingDependencyError, ModelLoadError
 from beam_m2v.loading import load_model
+from beam_m2v.semantics import EncodingSettings, Semantics
 
 if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them on first use
     from beam_m2v.transforms import ArrowTableCoder as ArrowTableCoder

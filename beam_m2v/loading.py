@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from beam_m2v.encoder import EncodingSettings, Semantics, StaticEmbedder
+from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import ModelLoadError
 from beam_m2v.matrix_files import map_raw_matrix, map_safetensors
 from beam_m2v.model_checks import check_finite, check_load_options, config_settings
 from beam_m2v.model_options import DEFAULT_RAW_DIM, MODEL_DEFAULT, ModelOptions, option_overrides
 from beam_m2v.pooling import VocabularyMatrix
+from beam_m2v.semantics import EncodingSettings, Semantics
 from beam_m2v.sources import HubOptions, Layout, ModelFiles, resolve_model_files
 
 logger = logging.getLogger(__name__)

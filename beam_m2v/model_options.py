@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
-from beam_m2v.encoder import Semantics
+from beam_m2v.semantics import Semantics
 
 #: Columns of a raw ``vocab_matrix.bin`` unless told otherwise (the Rust StaticBackend's default).
 DEFAULT_RAW_DIM = 256
