@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from pipelines.arguments import parse_program_args, program_parser
 from pipelines.console import console_main
@@ -28,7 +27,7 @@ from pipelines.outputs import RunFolders, add_output_arguments, output_settings
 from pipelines.prepare import PreparedRun, prepare
 from pipelines.process_exit import exit_process
 from pipelines.progress import progress_report
-from pipelines.run import pipeline_options, run_and_publish
+from pipelines.run import launch_options, run_and_publish
 from pipelines.snapshot import write_snapshot
 
 logger = logging.getLogger("beam_m2v.embed")
@@ -53,8 +52,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if lance_output.lance_output(argv):
         return lance_output.run_embed(argv)
     args, beam_args = parse_program_args(parser(), argv)
-    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
-    FileSystems.set_options(options)  # the launcher reads gs:// / s3:// models with the job's credentials
+    options = launch_options(args, beam_args)
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)
     folders = RunFolders.new(settings.output)

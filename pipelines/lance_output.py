@@ -34,7 +34,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.textio import WriteToText
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from apache_beam.pvalue import AsDict, AsList, PCollection
@@ -49,6 +48,7 @@ from beam_m2v.transforms.lance_write import (
     committed_version,
     import_lance,
 )
+from beam_m2v.transforms.thread_options import pipeline_thread_budget
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
@@ -79,7 +79,7 @@ from pipelines.model_facts import reusable
 from pipelines.outputs import METADATA_KEY, dead_letter_json, matching_paths, to_output_table
 from pipelines.prepare import PreparedRun, prepare
 from pipelines.progress import ReportProgress
-from pipelines.run import pipeline_options
+from pipelines.run import launch_options
 
 logger = logging.getLogger("beam_m2v.lance")
 
@@ -174,8 +174,7 @@ def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace
         raise InputError(
             "--previous is not used with a Lance output: the dataset's latest version is the previous snapshot"
         )
-    options = pipeline_options(beam_args)
-    FileSystems.set_options(options)
+    options = launch_options(args, beam_args)
     return args, options, prepare(args)
 
 
@@ -245,7 +244,8 @@ def _run(
     try:
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, prepared, plan, record, fragment_ids)
-        pipeline.run().wait_until_finish()
+        with pipeline_thread_budget(options):
+            pipeline.run().wait_until_finish()
     except Exception as error:
         _raise_if_moved(plan, error)
         raise

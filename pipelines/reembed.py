@@ -26,7 +26,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 from apache_beam.runners.runner import PipelineResult
 
@@ -71,7 +70,7 @@ from pipelines.reembed_steps import (
     SplitByVectorGroup,
     previous_files,
 )
-from pipelines.run import pipeline_options, run_and_publish
+from pipelines.run import launch_options, run_and_publish
 from pipelines.snapshot import write_snapshot
 
 logger = logging.getLogger("beam_m2v.reembed")
@@ -103,8 +102,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if lance_output.lance_output(argv):
         return lance_output.run_reembed(argv)
     args, beam_args = parse_program_args(parser(), argv)
-    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
-    FileSystems.set_options(options)
+    options = launch_options(args, beam_args)
     settings = output_settings(args)  # before any work: an output that must not be replaced stops here
     prepared = prepare(args)
     id_column = prepared.input.id_column

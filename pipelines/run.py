@@ -8,11 +8,13 @@ folder, and a run with too many failed rows keeps only its dead letters, beside 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -35,6 +37,17 @@ def pipeline_options(beam_args: Sequence[str], *, threads_per_worker: str | None
     options = PipelineOptions(list(beam_args))
     if not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
         options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
+    return options
+
+
+def launch_options(args: argparse.Namespace, beam_args: Sequence[str]) -> PipelineOptions:
+    """The run's Beam options (``pipeline_options`` with the parsed ``--m2v_threads_per_worker``).
+
+    They are also given to Beam's ``FileSystems``, so that the launcher reads ``gs://`` / ``s3://``
+    inputs and models with the job's credentials.
+    """
+    options = pipeline_options(beam_args, threads_per_worker=args.m2v_threads_per_worker)
+    FileSystems.set_options(options)
     return options
 
 

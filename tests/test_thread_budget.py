@@ -362,13 +362,14 @@ def test_pool_worker_without_settings_takes_one_core(model_64_path, tmp_path, mo
     assert "does not say" in reports[0]["reason"]
 
 
-def test_embed_in_one_process_follows_the_explicit_option(model_64_path, tmp_path):
+@pytest.mark.parametrize("output", ["out", "out.lance"], ids=["parquet-folder", "lance-dataset"])
+def test_embed_in_one_process_follows_the_explicit_option(output, model_64_path, tmp_path):
     # A whole `python -m pipelines.embed` process on the bundled sample: ~5-10 s.
     environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
     sample = REPO / "samples" / "linux-doc-sample.parquet"
     command = [sys.executable, "-m", "pipelines.embed", "--input", str(sample), "--model", str(model_64_path)]
-    command += ["--output", str(tmp_path / "out"), f"--{OPTION}=1"]
+    command += ["--output", str(tmp_path / output), f"--{OPTION}=1"]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"beam-m2v threads: 1 core for this process (--{OPTION}=1)" in done.stderr
