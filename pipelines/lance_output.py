@@ -49,6 +49,7 @@ from beam_m2v.transforms.lance_write import (
     import_lance,
 )
 from beam_m2v.transforms.thread_options import pipeline_thread_budget
+from pipelines.arguments import parse_program_args, program_parser
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
@@ -164,11 +165,11 @@ def dataset_facts(dataset: Any) -> dict[str, Any]:
 
 
 def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions, PreparedRun]:
-    parser = argparse.ArgumentParser(prog=f"beam-m2v {command}", description=__doc__.split("\n")[0])
+    parser = program_parser(f"beam-m2v {command}", __doc__.split("\n")[0])
     add_embed_arguments(parser)
     if command == "reembed":
         parser.add_argument("--previous", help=argparse.SUPPRESS)
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parse_program_args(parser, argv)  # as the Parquet path: no abbreviations, typos named
     _require_lance(args.output)
     if getattr(args, "previous", None):
         raise InputError(

@@ -702,3 +702,16 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model
         day2, key=lambda row: (pa.scalar(row[0]).cast(id_type).as_py(), text_hashes(pa.array([row[1]]))[0].as_py())
     )
     assert as_matrix(table.column("embedding")).tobytes() == model_64.encode([t for _, t in order]).tobytes()
+
+
+def test_a_lance_output_reads_its_options_as_the_parquet_path_does(model_64_path, tmp_path, caplog):
+    """Underscore spellings are ours, abbreviations are not, and an argument nobody knows is named."""
+    from pipelines import lance_output
+    from pipelines.inputs import JSONL_ROWS_PER_TABLE
+    from tests.conftest import SAMPLE_PARQUET
+
+    argv = ["--input", str(SAMPLE_PARQUET), "--output", str(tmp_path / "v.lance"), "--model", str(model_64_path)]
+    with caplog.at_level("WARNING"):
+        args, _, _ = lance_output._start("embed", [*argv, "--text_column", "text", "--batch", "7"])
+    assert args.text_column == "text" and args.batch_size == JSONL_ROWS_PER_TABLE  # "--batch" is not --batch-size
+    assert "--batch 7 is neither a beam-m2v option nor a Beam pipeline option" in caplog.text
