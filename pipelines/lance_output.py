@@ -188,7 +188,8 @@ def _record(target: LanceTarget, prepared: PreparedRun, transaction_id: str, ext
         **prepared.model_facts.as_dict(),
         **extra,
     }
-    name = f"{started:%Y%m%dT%H%M%S}Z-{transaction_id[:8]}"
+    # Microseconds in the name, so the run folders of runs started within one second still sort by start.
+    name = f"{started:%Y%m%dT%H%M%S.%f}Z-{transaction_id[:8]}"
     return RunRecord(target.uri, name, started.isoformat(), tuple(sorted(fields.items())))
 
 
