@@ -31,14 +31,18 @@ def _hashes_of_valid_utf8(texts: pa.Array) -> pa.Array:
     raw = texts.cast(pa.large_binary())
     offsets = np.frombuffer(raw.buffers()[1], dtype=np.int64)[raw.offset : raw.offset + len(raw) + 1].tolist()
     data = memoryview(raw.buffers()[2] or b"")
-    blake2b = hashlib.blake2b
-    digests = b"".join(
-        [blake2b(data[start:end], digest_size=16).digest() for start, end in itertools.pairwise(offsets)]
-    )
+    # Copying one empty BLAKE2b-128 state per text is about twice as fast as constructing one
+    # (the constructor parses its keyword arguments and sets up the parameter block every time).
+    new_hash = hashlib.blake2b(digest_size=16).copy
+    digests = []
+    for start, end in itertools.pairwise(offsets):
+        state = new_hash()
+        state.update(data[start:end])
+        digests.append(state.digest())
     validity = raw.buffers()[0]
     if validity is not None and raw.offset:
         validity = pa.array(raw.is_valid()).buffers()[1]
-    return pa.FixedSizeBinaryArray.from_buffers(HASH_TYPE, len(raw), [validity, pa.py_buffer(digests)])
+    return pa.FixedSizeBinaryArray.from_buffers(HASH_TYPE, len(raw), [validity, pa.py_buffer(b"".join(digests))])
 
 
 def _hashes_of_decodable(texts: pa.Array) -> pa.Array:
