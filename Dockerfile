@@ -31,9 +31,10 @@ COPY pyproject.toml README.md /tmp/beam-m2v/
 COPY beam_m2v /tmp/beam-m2v/beam_m2v
 COPY pipelines /tmp/beam-m2v/pipelines
 # apache-beam 2.77.0 is already in the image and satisfies the pin, so pip keeps it.
-RUN pip install --no-cache-dir "/tmp/beam-m2v[gcp,aws]" \
+# gcp and aws read gs:// and s3:// models and files; lance writes the fragments of a .lance output.
+RUN pip install --no-cache-dir "/tmp/beam-m2v[gcp,aws,lance]" \
     && rm -rf /tmp/beam-m2v \
-    && python -c "import apache_beam, beam_m2v; assert apache_beam.__version__.startswith('2.77.')"
+    && python -c "import apache_beam, beam_m2v, lance; assert apache_beam.__version__.startswith('2.77.')"
 ARG MODEL_DIR=""
 COPY --from=model /opt/beam-m2v/model /opt/beam-m2v/model
 ENV BEAM_M2V_MODEL=${MODEL_DIR:+/opt/beam-m2v/model}

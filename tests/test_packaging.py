@@ -227,6 +227,20 @@ def test_every_dockerfile_copy_source_exists_in_the_build_context():
         assert not dockerignored(needed), needed
 
 
+def test_dockerfile_installs_every_extra_a_worker_uses():
+    """gs:// and s3:// files and models (gcp, aws) and the fragments of a .lance output (lance) are read and
+    written on the workers, so the worker image has them all."""
+    instructions = dockerfile_instructions()
+    installs = [args for instruction, args in instructions if instruction == "RUN" and "pip install" in args]
+    extras = {
+        extra.strip()
+        for args in installs
+        for group in re.findall(r"/tmp/beam-m2v\[([^\]]*)\]", args)
+        for extra in group.split(",")
+    }
+    assert {"gcp", "aws", "lance"} <= extras <= set(PYPROJECT["project"]["optional-dependencies"]), extras
+
+
 def test_dockerfile_model_build_arg_points_the_env_var_at_the_baked_model():
     instructions = dockerfile_instructions()
     assert ("ARG", 'MODEL_DIR=""') in instructions
