@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 
 USAGE = """usage: beam-m2v {embed,reembed,show,search,index} [options]
        beam-m2v --version
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry_point() -> NoReturn:
     """The installed ``beam-m2v`` script: run ``main`` on the command line's arguments and exit without teardown."""
-    exit_process(main())
+    run_and_exit(main)
 
 
 if __name__ == "__main__":

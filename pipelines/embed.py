@@ -25,7 +25,7 @@ from pipelines.embed_arguments import add_embed_arguments
 from pipelines.manifest import write_run_manifest
 from pipelines.outputs import RunFolders, add_output_arguments, output_settings
 from pipelines.prepare import PreparedRun, prepare
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 from pipelines.progress import progress_report
 from pipelines.run import launch_options, run_and_publish
 from pipelines.snapshot import write_snapshot
@@ -91,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_and_exit(main)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from beam_m2v.errors import MissingDependencyError
 from beam_m2v.transforms.lance_write import LanceTarget
 from pipelines.columns import EMBEDDING_COLUMN
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 
 #: Fewer rows than this cannot train a PQ codebook (256 centroids per sub-vector).
 MIN_ROWS = 256
@@ -86,4 +86,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_and_exit(main)

@@ -21,7 +21,27 @@ import atexit
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
+
+#: The exit code of a program whose reader closed its output (as a shell reports one killed by SIGPIPE).
+CLOSED_OUTPUT = 128 + 13
+
+
+def run_and_exit(main: Callable[[], int]) -> NoReturn:
+    """Run a program's ``main`` and exit with its code; a reader that stopped reading ends it quietly.
+
+    ``beam-m2v search ... | head -3`` closes the pipe while the program still prints: the program
+    then stops without a traceback and exits with CLOSED_OUTPUT, as other command-line tools do.
+    """
+    try:
+        code = main()
+    except BrokenPipeError:
+        # Nothing more can be written there; point stdout at /dev/null so the final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = CLOSED_OUTPUT
+    exit_process(code)
 
 
 def exit_process(code: int) -> NoReturn:

@@ -58,7 +58,7 @@ from pipelines.outputs import (
 )
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.prepare import PreparedRun, prepare
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 from pipelines.progress import progress_report
 from pipelines.reembed_steps import (
     DELETES,
@@ -246,4 +246,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_and_exit(main)

@@ -31,7 +31,7 @@ from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import MissingDependencyError, ModelLoadError
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.outputs import METADATA_KEY, has_manifest, read_manifest, shard_paths
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 
 #: Exact search reads the vectors this many rows at a time.
 SCAN_ROWS = 65_536
@@ -208,8 +208,16 @@ def search(
     nprobes: int | None = None,
     refine_factor: int = 10,
 ) -> tuple[list[Hit], str]:
-    """The ``k`` best hits for ``text`` and how they were found (``exact`` or ``index``)."""
+    """The ``k`` best hits for ``text`` and how they were found (``exact`` or ``index``).
+
+    A query whose vector is zero (no token the model knows, or an empty text) raises SearchError.
+    """
     query = model.encode([text])[0].astype(np.float64)
+    if not query.any():
+        raise SearchError(
+            f"the query {text[:80]!r} has no token the model knows: its vector is zero, so it is equally far "
+            "from every row"
+        )
     if not exact and target.has_index():
         return index_search(target, query, k, nprobes, refine_factor), "index"
     batches = target.rows.to_batches(columns=[target.id_column, EMBEDDING_COLUMN], batch_size=SCAN_ROWS)
@@ -267,4 +275,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_and_exit(main)

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 from pipelines.arguments import program_parser
 from pipelines.columns import EMBEDDING_COLUMN
 from pipelines.outputs import read_manifest, shard_paths
-from pipelines.process_exit import exit_process
+from pipelines.process_exit import run_and_exit
 
 DESCRIPTION = """Print an output's row counts and model, and its first rows (id and the first vector components).
 
@@ -56,4 +56,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_and_exit(main)

@@ -39,6 +39,7 @@ from beam_m2v.transforms.lance_write import (
 from pipelines import cli, embed, reembed
 from pipelines.content_hash import text_hashes
 from pipelines.lance_steps import RUNS_DIR
+from pipelines.process_exit import CLOSED_OUTPUT
 from tests.beam_helpers import fn_api_pipeline
 from tests.conftest import REPO, SAMPLE_PARQUET, corpus_table
 from tests.test_pipeline_reembed import KEEP, corpus_slice, write_parquet
@@ -647,6 +648,32 @@ def test_search_refuses_a_model_of_another_dimension_and_missing_targets(
     assert "neither a Lance dataset" in capsys.readouterr().err
     assert cli.main(["search", str(tmp_path / "nothing.lance"), "query"]) == 2
     assert "no Lance dataset there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("query", ["", "   \n\t"])
+def test_search_refuses_a_query_whose_vector_is_zero(parquet_output, query, capsys):
+    """Every cosine with a zero vector is undefined: no hits with made-up scores of 0."""
+    assert cli.main(["search", str(parquet_output), query, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "has no token the model knows" in captured.err
+
+
+def test_search_piped_into_a_reader_that_stops_early_ends_quietly(parquet_output):
+    """``beam-m2v search ... | head -1``: the program stops without a traceback, with the code of a closed pipe."""
+    script = Path(sys.executable).parent / "beam-m2v"
+    search = subprocess.Popen(
+        [str(script), "search", str(parquet_output), "kernel", "--k", "2000"],  # far more than a pipe holds
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert search.stdout is not None and search.stderr is not None
+    first = search.stdout.readline()
+    search.stdout.close()  # the reader goes away with hits still to print
+    errors = search.stderr.read().decode()
+    assert search.wait(timeout=120) == CLOSED_OUTPUT, errors
+    assert first.split()[0] == b"1"
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
 
 
 # An embed run, an index build and 10 searches through the console command (~10-15 s here).
