@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_m2v.thread_budget import ENV_THREADS, ENV_WORKER_PROCESSES
 from tests.conftest import REPO, corpus_table
+from tests.test_thread_budget import THREAD_SETTINGS
 
 BENCH = REPO / "bench"
 ROWS = 200
@@ -44,8 +44,8 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_smoke(script: str, *args: str) -> str:
     """``python bench/<script>.py --smoke ARGS`` from the repository root; its output once it exits 0."""
-    # The thread-budget variables are the workers benchmark's to set, per run.
-    environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
+    # The thread settings (ours and the native pools') are the workers benchmark's to set, per run.
+    environment = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), "--smoke", *args],
         env=environment,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from tiny_models import build_model2vec_model
@@ -193,10 +192,24 @@ print(json.dumps({
 """
 
 
+#: Every thread setting a process can inherit: ours, and the native pools' that a budget sets.
+THREAD_SETTINGS = (ENV_THREADS, ENV_WORKER_PROCESSES, "RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+
+
+@pytest.fixture
+def no_thread_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment without any thread setting, so the processes a test starts inherit none.
+
+    The test process may have fixed its own budget already (its native pools' variables then
+    set), and the test runner gives each of its workers a share of the cores.
+    """
+    for name in THREAD_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
 def start_fresh(script: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """A new Python process running ``script``, without any thread setting but ``env``."""
-    unset = (ENV_THREADS, ENV_WORKER_PROCESSES, "RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")
-    environment = {k: v for k, v in os.environ.items() if k not in unset}
+    environment = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
     environment.update(env, PYTHONPATH=os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")]))
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
@@ -233,7 +246,7 @@ def test_budget_sizes_the_tokenizer_and_encode_pools(model_64_path, corpus_texts
         "budget": more,
         "tokenizer_threads": more,
         "encode_threads": more,
-        "arrow_threads": min(more, pa.cpu_count()),
+        "arrow_threads": min(more, os.cpu_count() or 1),  # Arrow starts with one thread per core
         "parallelism": None,
     }
     assert result_of(started["one"]) == {
@@ -321,10 +334,10 @@ def run_reporting(options: PipelineOptions, folder: Path, model_path: str) -> li
 
 
 @pytest.mark.parametrize(("extra", "threads"), [([], "share"), ([f"--{OPTION}=3"], 3)])
-def test_multi_processing_workers_take_their_share(extra, threads, model_64_path, tmp_path, monkeypatch):
+def test_multi_processing_workers_take_their_share(
+    extra, threads, model_64_path, tmp_path, monkeypatch, no_thread_settings
+):
     # Two FnApiRunner worker processes start (Beam import and model load in each): ~10-20 s.
-    monkeypatch.delenv(ENV_THREADS, raising=False)
-    monkeypatch.delenv(ENV_WORKER_PROCESSES, raising=False)
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
     )
@@ -342,10 +355,8 @@ def test_multi_processing_workers_take_their_share(extra, threads, model_64_path
     assert ENV_WORKER_PROCESSES not in os.environ  # the launcher's environment is restored
 
 
-def test_pool_worker_without_settings_takes_one_core(model_64_path, tmp_path, monkeypatch):
+def test_pool_worker_without_settings_takes_one_core(model_64_path, tmp_path, no_thread_settings):
     # A Beam worker pool and its worker process start: ~10-20 s.
-    monkeypatch.delenv(ENV_THREADS, raising=False)
-    monkeypatch.delenv(ENV_WORKER_PROCESSES, raising=False)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     with beam_worker_pool(env=env) as address:
@@ -365,7 +376,7 @@ def test_pool_worker_without_settings_takes_one_core(model_64_path, tmp_path, mo
 @pytest.mark.parametrize("output", ["out", "out.lance"], ids=["parquet-folder", "lance-dataset"])
 def test_embed_in_one_process_follows_the_explicit_option(output, model_64_path, tmp_path):
     # A whole `python -m pipelines.embed` process on the bundled sample: ~5-10 s.
-    environment = {k: v for k, v in os.environ.items() if k not in (ENV_THREADS, ENV_WORKER_PROCESSES)}
+    environment = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO), environment.get("PYTHONPATH", "")])
     sample = REPO / "samples" / "linux-doc-sample.parquet"
     command = [sys.executable, "-m", "pipelines.embed", "--input", str(sample), "--model", str(model_64_path)]
