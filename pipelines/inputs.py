@@ -184,8 +184,25 @@ def _folder_error(folder: str) -> InputError:
     )
 
 
+def _literal_file(pattern: str) -> bool:
+    """Whether ``pattern`` has wildcard characters and is also the name of an existing file, taken as named."""
+    if not any(char in pattern for char in _WILDCARDS):
+        return False
+    if not is_remote(pattern):
+        return os.path.isfile(pattern)
+    try:
+        return bool(FileSystems.exists(pattern))
+    except Exception:
+        return False
+
+
 def match_files(pattern: str) -> list[str]:
-    """The files the pattern matches, sorted (local ones as absolute paths); an error when there are none."""
+    """The files the pattern matches, sorted (local ones as absolute paths); an error when there are none.
+
+    A pattern that is also the exact name of a file (``corpus/day [1].parquet``) means that file.
+    """
+    if _literal_file(pattern):
+        return [pattern if is_remote(pattern) else os.path.abspath(pattern)]
     if _is_folder(pattern):
         raise _folder_error(pattern)
     try:
@@ -203,8 +220,14 @@ def match_files(pattern: str) -> list[str]:
 
 
 def pattern_root(pattern: str) -> str:
-    """The folder part of ``pattern`` before its first wildcard, ending in ``/`` (local: absolute)."""
-    first = min((pattern.index(char) for char in _WILDCARDS if char in pattern), default=len(pattern))
+    """The folder part of ``pattern`` before its first wildcard, ending in ``/`` (local: absolute).
+
+    For a pattern that names one file exactly (``match_files``), the folder of that file.
+    """
+    literal = _literal_file(pattern)
+    first = (
+        len(pattern) if literal else min((pattern.index(c) for c in _WILDCARDS if c in pattern), default=len(pattern))
+    )
     head = pattern[:first]
     root = head[: head.rfind("/") + 1]
     if is_remote(pattern):

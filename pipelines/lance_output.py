@@ -24,10 +24,12 @@ The commit is refused, and nothing is committed, when the dataset moved since th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,7 +79,14 @@ from pipelines.lance_steps import (
     tally,
 )
 from pipelines.model_facts import reusable
-from pipelines.outputs import METADATA_KEY, dead_letter_json, matching_paths, to_output_table
+from pipelines.outputs import (
+    GLOB_CHARACTERS,
+    METADATA_KEY,
+    dead_letter_json,
+    glob_free_alias,
+    matching_paths,
+    to_output_table,
+)
 from pipelines.prepare import PreparedRun, prepare
 from pipelines.progress import ReportProgress
 from pipelines.run import launch_options
@@ -171,6 +180,11 @@ def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace
         parser.add_argument("--previous", help=argparse.SUPPRESS)
     args, beam_args = parse_program_args(parser, argv)  # as the Parquet path: no abbreviations, typos named
     _require_lance(args.output)
+    if is_remote(args.output) and any(char in args.output for char in GLOB_CHARACTERS):
+        raise InputError(
+            f"--output {args.output!r}: on object stores the output path cannot hold {' '.join(GLOB_CHARACTERS)} "
+            "(Beam's file sinks read them as patterns); choose another name"
+        )
     if getattr(args, "previous", None):
         raise InputError(
             "--previous is not used with a Lance output: the dataset's latest version is the previous snapshot"
@@ -243,6 +257,11 @@ def _run(
 ) -> dict[str, Any]:
     """Run the pipeline; a failure after another writer moved the dataset is reported as a conflict."""
     register_arrow_table_coder()
+    alias_root = None
+    if any(char in record.folder for char in GLOB_CHARACTERS):  # local only: _start refuses them on object stores
+        os.makedirs(record.folder, exist_ok=True)
+        alias_root, alias = glob_free_alias(record.folder)
+        record = dataclasses.replace(record, writes_through=alias)
     try:
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, prepared, plan, record, fragment_ids)
@@ -251,6 +270,9 @@ def _run(
     except Exception as error:
         _raise_if_moved(plan, error)
         raise
+    finally:
+        if alias_root is not None:
+            shutil.rmtree(alias_root, ignore_errors=True)  # the link only, not what it points to
     return read_json(record.manifest_path)
 
 

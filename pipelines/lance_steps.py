@@ -262,6 +262,9 @@ class RunRecord:
     name: str
     started: str
     fields: tuple[tuple[str, Any], ...]
+    #: Where Beam's file writer reaches the run's folder: the folder itself, or a link to it from a path
+    #: without pattern characters (the writer matches its own temporary files by pattern).
+    writes_through: str = ""
 
     @property
     def folder(self) -> str:
@@ -270,8 +273,14 @@ class RunRecord:
 
     @property
     def failed_prefix(self) -> str:
-        """Prefix of the run's dead-letter shards."""
-        return f"{self.folder}/failed/failed"
+        """Prefix of the run's dead-letter shards, as Beam's file writer is given it."""
+        return f"{self.writes_through or self.folder}/failed/failed"
+
+    def real_path(self, path: str) -> str:
+        """A path the writer reported, inside the run's folder itself."""
+        if self.writes_through and path.startswith(self.writes_through + "/"):
+            return self.folder + path[len(self.writes_through) :]
+        return path
 
     @property
     def manifest_path(self) -> str:
@@ -351,7 +360,7 @@ class CommitRun(beam.DoFn):  # type: ignore[misc]
             "rows": rows,
             "operation": self._plan.operation,
             "previous_version": self._plan.expected_version or None,
-            "dead_letter_files": sorted(dead_letter_files),
+            "dead_letter_files": sorted(self._record.real_path(path) for path in dead_letter_files),
             "started": self._record.started,
             "ended": ended.isoformat(),
             "seconds": round((ended - started).total_seconds(), 3),

@@ -455,7 +455,7 @@ class RunFolders:
             os.mkdir(staging)
             writes_to = staging
             if any(char in staging for char in GLOB_CHARACTERS):
-                alias_root, writes_to = _glob_free_alias(staging)
+                alias_root, writes_to = glob_free_alias(staging)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
             lock.release()
@@ -530,17 +530,20 @@ def _same_file(fd: int, path: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def _glob_free_alias(staging: str) -> tuple[str, str]:
-    """A symbolic link to ``staging`` from a temporary folder whose path holds no pattern characters."""
+def glob_free_alias(folder: str) -> tuple[str, str]:
+    """A symbolic link to ``folder`` from a temporary folder whose path holds no pattern characters.
+
+    Returns (the temporary folder, the link); removing the temporary folder removes only the link.
+    """
     root = tempfile.mkdtemp(prefix="beam-m2v-staging-")
     if any(char in root for char in GLOB_CHARACTERS):
         os.rmdir(root)
         raise OutputError(
-            f"--output: the staging path {staging!r} and the temporary folder {root!r} both hold one of "
+            f"--output: the path {folder!r} and the temporary folder {root!r} both hold one of "
             f"{' '.join(GLOB_CHARACTERS)}; set TMPDIR to a plain path"
         )
     alias = os.path.join(root, "staging")
-    os.symlink(staging, alias)
+    os.symlink(folder, alias)
     return root, alias
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,14 @@ def model_64_path() -> Path:
 def corpus_texts() -> list[str]:
     """The texts of ``corpus_table()``: 5,000 paragraphs."""
     return corpus_table().column("text").to_pylist()  # type: ignore[attr-defined, no-any-return]
+
+
+def links_into(folder: Path) -> list[str]:
+    """The links to a folder under ``folder`` that runs left in the temporary folder (glob-free aliases)."""
+    found = []
+    for name in os.listdir(tempfile.gettempdir()):
+        link = Path(tempfile.gettempdir(), name, "staging")
+        if name.startswith("beam-m2v-staging-") and link.is_symlink():
+            if os.readlink(link).startswith(str(folder)):
+                found.append(str(link))
+    return found

@@ -150,3 +150,20 @@ def test_the_token_pattern_finds_what_the_plain_pattern_finds():
     lines += [b'{"a": "x\\"y[", "b": [1, {"c": "\\\\"}], "d": "\\u00e9}"}', b'"open [ {', b'"a\\', b'"\\"']
     for line in lines:
         assert [m.span() for m in _TOKEN.finditer(line)] == [m.span() for m in plain.finditer(line)], line
+
+
+def test_an_input_pattern_that_names_a_file_exactly_means_that_file(tmp_path):
+    """``--input 'day [1].jsonl'`` reads that file, not ``day 1.jsonl`` (which the pattern also matches)."""
+    match_files, pattern_root = inputs.match_files, inputs.pattern_root
+    folder = tmp_path / "in [x]"
+    folder.mkdir()
+    for name in ("day [1].jsonl", "day 1.jsonl", "day *.jsonl"):
+        (folder / name).write_text('{"id": 1, "text": "a"}\n')
+    assert match_files(str(folder / "day [1].jsonl")) == [str(folder / "day [1].jsonl")]
+    assert match_files(str(folder / "day *.jsonl")) == [str(folder / "day *.jsonl")]
+    assert pattern_root(str(folder / "day [1].jsonl")) == f"{folder}/"
+    # A pattern that names no file exactly is a pattern, as before.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "day 1.jsonl").write_text('{"id": 1, "text": "a"}\n')
+    assert match_files(str(plain / "day [1].jsonl")) == [str(plain / "day 1.jsonl")]

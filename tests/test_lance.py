@@ -41,7 +41,7 @@ from pipelines.content_hash import text_hashes
 from pipelines.lance_steps import RUNS_DIR
 from pipelines.process_exit import CLOSED_OUTPUT
 from tests.beam_helpers import fn_api_pipeline
-from tests.conftest import REPO, SAMPLE_PARQUET, corpus_table
+from tests.conftest import REPO, SAMPLE_PARQUET, corpus_table, links_into
 from tests.test_pipeline_reembed import KEEP, corpus_slice, write_parquet
 from tests.test_remote_models import KEY_ID, S3, SECRET, moto_server
 
@@ -363,23 +363,47 @@ def test_a_model_change_commits_a_full_overwrite(lance_days, model_256_path, tmp
     assert read_version(str(copy), 2).equals(read_version(s.dataset, 2))
 
 
-def test_bad_jsonl_rows_are_dead_letters_with_file_and_line(model_64, model_64_path, tmp_path):
+# The second case puts the input file and the dataset in a folder named with pattern characters: Beam's
+# file writer (dead letters) matches its own temporary files by pattern, and --input is a pattern.
+@pytest.mark.parametrize(("folder", "name"), [("plain", "in.jsonl"), ("we[ir]d*{x}?", "in [1]*.jsonl")])
+def test_bad_jsonl_rows_are_dead_letters_with_file_and_line(folder, name, model_64, model_64_path, tmp_path):
     lines = [json.dumps({"id": i, "text": text}) for i, text in enumerate(corpus_slice(40).values())]
     lines[5] = "{not json"
     lines[9] = json.dumps({"id": 9, "text": None})
-    source = tmp_path / "in.jsonl"
+    (tmp_path / folder).mkdir()
+    source = tmp_path / folder / name
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    uri = str(tmp_path / "bad.lance")
+    uri = str(tmp_path / folder / "bad[1].lance")
     manifest = embed.run(["--input", str(source), "--output", uri, "--model", str(model_64_path)])
     assert manifest["rows"] == {"read": 40, "embedded": 38, "failed": 2}
     records = [
         json.loads(line) for path in manifest["dead_letter_files"] for line in Path(path).read_text().splitlines()
     ]
+    assert all(path.startswith(f"{uri}/{RUNS_DIR}/") for path in manifest["dead_letter_files"])
     assert sorted((r["source"], r["position"], r["error_type"]) for r in records) == [
         (str(source), 6, "InvalidJson"),
         (str(source), 10, "NullText"),
     ]
     assert sorted(read_version(uri).column("id").to_pylist()) == [i for i in range(40) if i not in (5, 9)]
+    assert links_into(tmp_path) == []
+
+
+def test_an_object_store_dataset_named_with_pattern_characters_is_refused(capsys, model_64_path):
+    code, err = cli_exit(
+        capsys,
+        "embed",
+        "--input",
+        str(SAMPLE_PARQUET),
+        "--model",
+        str(model_64_path),
+        "--output",
+        "s3://bucket/vectors[1].lance",
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "beam-m2v embed: error: --output 's3://bucket/vectors[1].lance': on object stores the output path cannot "
+        "hold [ * ? (Beam's file sinks read them as patterns); choose another name"
+    ]
 
 
 def cli_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
