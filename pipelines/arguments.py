@@ -19,7 +19,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 logger = logging.getLogger("beam_m2v.arguments")
 
@@ -67,9 +67,17 @@ def version_line() -> str:
     return f"beam-m2v {__version__} (apache-beam {installed('apache-beam')}, Python {platform.python_version()})"
 
 
+class ProgramParser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line: what is wrong, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` on stderr and exit 2 (argparse adds its usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def program_parser(prog: str, description: str, *, beam_options: bool = True) -> argparse.ArgumentParser:
-    """A parser with ``--version``, defaults in the help and, for pipelines, a note on Beam's options."""
-    parser = argparse.ArgumentParser(
+    """A parser with ``--version``, defaults in the help, one-line errors and, for pipelines, Beam's options."""
+    parser = ProgramParser(
         prog=prog,
         description=description,
         epilog=BEAM_OPTIONS_EPILOG if beam_options else None,

@@ -59,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines import lance_index
 
         return lance_index.main(rest)
-    print(f"beam-m2v: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    print(
+        f"beam-m2v: error: unknown command {command!r}; the commands are embed, reembed, show, search and index "
+        "(see beam-m2v --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

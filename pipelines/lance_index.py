@@ -10,7 +10,6 @@ each), so that re-ranking ten candidates per hit finds the exact top 10 almost a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 
 from beam_m2v.errors import MissingDependencyError
 from beam_m2v.transforms.lance_write import LanceTarget
+from pipelines.arguments import program_parser
 from pipelines.columns import EMBEDDING_COLUMN
 from pipelines.process_exit import run_and_exit
 
@@ -42,7 +42,7 @@ def default_sub_vectors(dim: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``beam-m2v index``."""
-    parser = argparse.ArgumentParser(prog="beam-m2v index", description=__doc__.split("\n")[0])
+    parser = program_parser("beam-m2v index", __doc__.split("\n")[0], beam_options=False)
     parser.add_argument("dataset", help="a Lance dataset written by beam-m2v (PATH.lance)")
     parser.add_argument("--type", choices=INDEX_TYPES, default="IVF_PQ", help="index type (default IVF_PQ)")
     parser.add_argument(

@@ -14,7 +14,6 @@ per line instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ import pyarrow.dataset as ds
 import beam_m2v
 from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import MissingDependencyError, ModelLoadError
+from pipelines.arguments import program_parser
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.outputs import METADATA_KEY, has_manifest, read_manifest, shard_paths
 from pipelines.process_exit import run_and_exit
@@ -240,7 +240,7 @@ def print_hits(hits: Sequence[Hit], as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``beam-m2v search``."""
-    parser = argparse.ArgumentParser(prog="beam-m2v search", description=__doc__.split("\n")[0])
+    parser = program_parser("beam-m2v search", __doc__.split("\n")[0], beam_options=False)
     parser.add_argument("target", help="a Lance dataset (PATH.lance) or a Parquet output folder")
     parser.add_argument("query", help="the query text")
     parser.add_argument("--k", type=int, default=10, help="hits to return (default 10)")

@@ -270,3 +270,31 @@ def test_model_arguments_set_the_model_options() -> None:
         sha256=sha,
     )
     assert spec_from_arguments(MODEL, parser.parse_args([])) == beam_m2v.ModelSpec(MODEL)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["embed", "--input", "in.parquet", "--output", "out", "--batch-size", "many"],
+        ["embed", "--input", "in.parquet"],
+        ["reembed", "--input", "in.parquet", "--output", "out", "--previous", "p", "--progress-seconds", "soon"],
+        ["show"],
+        ["search", "out", "a query", "--k", "ten"],
+        ["index", "vectors.lance", "--no-such-option"],
+        ["no-such-command"],
+    ],
+    ids=["bad-value", "missing-option", "reembed-bad-value", "show-no-folder", "search", "index", "command"],
+)
+def test_a_bad_command_line_is_refused_in_one_line(argv, capsys, tmp_path, monkeypatch):
+    """What is wrong and where the options are listed, in one line on stderr, exit 2 (not argparse's usage block)."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("beam-m2v") and "error: " in lines[0], captured.err
+    assert "--help" in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing was written
