@@ -745,6 +745,7 @@ def test_portable_runner_with_external_workers_equals_fn_api_runner(
     assert SUMMARY.search(process.stdout)
 
 
+# Two FnApiRunner SDK worker processes start, each importing Beam and loading the model: ~5-9 s here.
 def test_multi_processing_equals_in_memory(parquet_run, parquet_input, model, model_64_path, tmp_path):
     reference, _ = parquet_run
     folder, _ = parquet_input

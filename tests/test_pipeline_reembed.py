@@ -470,6 +470,7 @@ def test_jsonl_day1_day2(model_64: Any, model_64_path: Path, tmp_path: Path) -> 
 # model changes
 
 
+# A whole reembed that embeds every row again, with a second model loaded to compare: ~4-11 s here.
 @pytest.mark.parametrize("change", ["model-256", "dimensionality-32"])
 def test_model_change_re_embeds_everything(
     change: str,
@@ -690,6 +691,7 @@ def worker_pool() -> Iterator[str]:
         yield address
 
 
+# A reembed on PortableRunner with an external SDK worker (Beam start-up in a second process): ~6-8 s here.
 def test_portable_runner_gives_the_same_snapshot(scenario: Scenario, worker_pool: str, tmp_path: Path) -> None:
     s = scenario
     out = tmp_path / "out2-portable"

@@ -434,6 +434,7 @@ def test_embed_on_external_workers_reads_the_s3_model(s3, worker_pool, worker_ca
     assert all((worker_cache / entry / ".complete").exists() for entry in entries)
 
 
+# A PortableRunner job on the external worker pool, which imports Beam and reads S3 itself: ~8-11 s here.
 def test_corrupted_object_fails_the_job_on_the_workers(s3, worker_pool):
     """EmbedText resolves its model on the workers: a damaged object fails the job there, naming the object."""
     pipeline = beam.Pipeline(options=PipelineOptions([*portable_options(worker_pool), *s3.options]))
@@ -526,6 +527,7 @@ def reaped(children: list[subprocess.Popen[str]]) -> Iterator[None]:
             child.communicate()
 
 
+# Two fresh processes import Beam, download the 256-dim model (one of them) and encode: ~7-10 s here.
 def test_two_processes_at_once_download_once(s3, corpus_texts, model_256_path, tmp_path):
     """Two processes released together against one empty cache: equal vectors, one download.
 
