@@ -82,6 +82,7 @@ from pipelines.model_facts import reusable
 from pipelines.outputs import (
     GLOB_CHARACTERS,
     METADATA_KEY,
+    check_object_store_name,
     dead_letter_json,
     glob_free_alias,
     matching_paths,
@@ -180,11 +181,7 @@ def _start(command: str, argv: Sequence[str] | None) -> tuple[argparse.Namespace
         parser.add_argument("--previous", help=argparse.SUPPRESS)
     args, beam_args = parse_program_args(parser, argv)  # as the Parquet path: no abbreviations, typos named
     _require_lance(args.output)
-    if is_remote(args.output) and any(char in args.output for char in GLOB_CHARACTERS):
-        raise InputError(
-            f"--output {args.output!r}: on object stores the output path cannot hold {' '.join(GLOB_CHARACTERS)} "
-            "(Beam's file sinks read them as patterns); choose another name"
-        )
+    check_object_store_name(args.output)
     if getattr(args, "previous", None):
         raise InputError(
             "--previous is not used with a Lance output: the dataset's latest version is the previous snapshot"

@@ -365,12 +365,21 @@ def _local_run_manifest(path: str) -> bool:
         return False
 
 
-def _check_remote_output(final: str) -> str:
-    if any(char in final for char in GLOB_CHARACTERS):
+def check_object_store_name(output: str) -> None:
+    """Refuse an output on an object store whose path holds pattern characters (OutputError).
+
+    Beam's file sinks match their own temporary files by pattern, and object stores have no links
+    to write through instead (as a local run does, ``glob_free_alias``).
+    """
+    if is_remote(output) and any(char in output for char in GLOB_CHARACTERS):
         raise OutputError(
-            f"--output {final!r}: on object stores the output path cannot hold {' '.join(GLOB_CHARACTERS)} "
+            f"--output {output!r}: on object stores the output path cannot hold {' '.join(GLOB_CHARACTERS)} "
             "(Beam's file sinks read them as patterns); choose another name"
         )
+
+
+def _check_remote_output(final: str) -> str:
+    check_object_store_name(final)
     if FileSystems.exists(final):
         raise _refuse(final, "is an object (a file), not a folder")
     objects = matching_paths(f"{final}/**")
