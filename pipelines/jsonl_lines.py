@@ -1,4 +1,4 @@
-"""The lines of a JSON Lines file and what makes a line parseable.
+"""The lines of a JSON Lines file: what makes a line parseable, and how a value is written as one.
 
 Files ending in ``.gz``, ``.bz2``, ``.xz`` or ``.lzma`` are decompressed with Python's own
 readers, which notice a stream that is cut short or damaged: that is an ``InputError`` naming
@@ -43,6 +43,9 @@ _DECOMPRESSORS: dict[str, Any] = {
     ".lzma": lzma.LZMAFile,
 }
 _STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+#: Characters that JSON leaves unescaped but that ``str.splitlines``, Unicode-aware editors and some
+#: JSON Lines readers take for the end of a line (NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR).
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class LineProblem(NamedTuple):
@@ -54,6 +57,15 @@ class LineProblem(NamedTuple):
 
 class _NotANumber(ValueError):
     """A number JSON text names that float64 cannot hold, or a NaN / Infinity literal."""
+
+
+def json_line(value: Any) -> str:
+    r"""``value`` as JSON text that every line splitter reads as one line (no newline at the end).
+
+    Non-ASCII text stays as it is, except the three Unicode line breaks JSON itself allows raw
+    inside strings: they are written as ``\u`` escapes, which read back as the same characters.
+    """
+    return json.dumps(value, ensure_ascii=False).translate(_LINE_BREAKS)
 
 
 def compression_of(path: str) -> str | None:

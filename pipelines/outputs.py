@@ -48,6 +48,7 @@ from beam_m2v.remote_files import is_remote
 from beam_m2v.transforms.dead_letters import FailedElement, preview
 from pipelines.columns import ADDED_COLUMNS, EMBEDDING_COLUMN, HASH_COLUMN, POSITION_COLUMN, SOURCE_COLUMN
 from pipelines.content_hash import HASH_TYPE
+from pipelines.jsonl_lines import json_line
 
 logger = logging.getLogger("beam_m2v.outputs")
 
@@ -176,7 +177,7 @@ def dead_letter_json(failure: FailedElement, id_column: str, text_column: str) -
     for key, value in record.items():
         if not _json_scalar(value) or (isinstance(value, str) and not _utf8(value)):
             record[key] = preview(value)
-    return json.dumps(record, ensure_ascii=False)
+    return json_line(record)
 
 
 def _utf8(text: str) -> bool:

@@ -30,6 +30,7 @@ from beam_m2v.encoder import StaticEmbedder
 from beam_m2v.errors import MissingDependencyError, ModelLoadError
 from pipelines.arguments import program_parser
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
+from pipelines.jsonl_lines import json_line
 from pipelines.outputs import METADATA_KEY, has_manifest, read_manifest, shard_paths
 from pipelines.process_exit import run_and_exit
 
@@ -232,7 +233,7 @@ def print_hits(hits: Sequence[Hit], as_json: bool) -> None:
     """Rank, score, id and shown value per line; or one JSON object per line."""
     for rank, hit in enumerate(hits, start=1):
         if as_json:
-            print(json.dumps({"id": _json_id(hit.id), "score": round(hit.score, 6)}, ensure_ascii=False))
+            print(json_line({"id": _json_id(hit.id), "score": round(hit.score, 6)}))
             continue
         shown = "" if hit.shown is None else "  " + " ".join(str(hit.shown).split())[:120]
         print(f"{rank:>3}  {hit.score:.4f}  {hit.id!s}{shown}")

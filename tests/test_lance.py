@@ -631,6 +631,15 @@ def search_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[list[di
     return [json.loads(line) for line in out.splitlines()], err
 
 
+def test_search_json_is_one_line_per_hit_whatever_the_id(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.search import Hit, print_hits
+
+    ids = ["plain", "a\u2028b", "c\x85d", "e\u2029f\ng"]
+    print_hits([Hit(id=value, score=1.0 - n / 10) for n, value in enumerate(ids)], as_json=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ids
+
+
 @pytest.fixture(scope="module")
 def parquet_output(tmp_path_factory: pytest.TempPathFactory, model_64_path: Path) -> Path:
     """The bundled sample embedded into a Parquet output folder, its text kept."""

@@ -714,3 +714,16 @@ def test_a_dead_letter_with_bytes_and_lone_surrogates_is_still_one_json_line():
     line.encode("utf-8")  # writable as UTF-8
     assert record["source"] == "part-1.parquet" and record["position"] == 3
     assert record["error_type"] == "InvalidUtf8" and "\n" not in line
+
+
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_a_dead_letter_is_one_line_for_every_line_splitter(line_break: str) -> None:
+    from beam_m2v.transforms.dead_letters import FailedElement
+    from pipelines.outputs import dead_letter_json
+
+    text = f"before{line_break}after"
+    element = {"id": f"id{line_break}1", "text": text, "__source": f"day{line_break}1.jsonl", "__position": 7}
+    line = dead_letter_json(FailedElement(element=element, error_type="Bad", reason=f"why{line_break}"), "id", "text")
+    assert line.splitlines() == [line] and len(line.encode("utf-8").splitlines()) == 1
+    record = json.loads(line)
+    assert (record["id"], record["value"], record["source"]) == (f"id{line_break}1", text, f"day{line_break}1.jsonl")
