@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,11 +32,15 @@ CORPUS_ROWS = 5000
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Compile the package once before the tests start; give each xdist worker its share of the cores.
+    """Keep the bytecode of what the tests import; give each xdist worker its share of the cores.
 
-    Many tests start ``python -m pipelines.embed`` processes. Without bytecode on disk (a fresh
-    clone, or ``PYTHONDONTWRITEBYTECODE=1``) every one of them would compile every module again;
-    so the controller compiles them once, before the workers start.
+    The tests start about 150 Python processes (``python -m pipelines.embed`` and others), and
+    each imports Beam. Where ``PYTHONDONTWRITEBYTECODE`` is set, nothing compiled is kept, and
+    every one of them compiles Beam's modules again (about 2 s of CPU each). So the test run
+    writes bytecode whatever that setting says: the controller drops it before the workers start,
+    every process the tests start inherits that, and each module is compiled once, the first time
+    it is imported. It is what an install with ``--compile-bytecode`` does, for the modules used
+    only. The controller compiles this repository's packages itself, before the workers start.
 
     The xdist workers share the machine's cores as Beam's SDK worker processes do, and get the
     same budget: ``BEAM_M2V_THREADS`` = cores / workers, inherited by the processes their tests
@@ -45,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        sys.dont_write_bytecode = False
         for folder in ("beam_m2v", "pipelines"):
             compileall.compile_dir(REPO / folder, quiet=1)
         return
