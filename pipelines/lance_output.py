@@ -36,7 +36,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.textio import WriteToText
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 from apache_beam.pvalue import AsDict, AsList, PCollection
 
@@ -56,6 +55,7 @@ from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
 from pipelines.embed_arguments import add_embed_arguments
+from pipelines.file_writes import JsonLinesSink, WriteFiles
 from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import InputError
 from pipelines.lance_steps import (
@@ -371,8 +371,7 @@ def build_pipeline(
         | "AllFailures" >> beam.Flatten()
         | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
         # Beam 2.77's S3 writer rejects empty objects: on object stores, no failures means no shard.
-        | "WriteFailures"
-        >> WriteToText(record.failed_prefix, file_name_suffix=".jsonl", skip_if_empty=is_remote(record.output))
+        | "WriteFailures" >> WriteFiles(JsonLinesSink(record.failed_prefix, skip_if_empty=is_remote(record.output)))
     )
     totals = tuple(counts) | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
     _ = (

@@ -26,7 +26,6 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.iobase import Write
 from apache_beam.runners.runner import PipelineResult
 
 from beam_m2v.remote_files import is_remote
@@ -43,6 +42,7 @@ from pipelines.columns import EMBEDDING_COLUMN
 from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
 from pipelines.embed_arguments import add_embed_arguments
+from pipelines.file_writes import WriteFiles
 from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import ListRowGroups
 from pipelines.manifest import counter_total, write_run_manifest
@@ -178,7 +178,7 @@ def build_pipeline(
             pa.Table
         )
         | "WriteUpserts"
-        >> Write(
+        >> WriteFiles(
             VectorParquetSink(
                 folders.changes_prefix("upserts"),
                 upsert_schema,
@@ -189,7 +189,7 @@ def build_pipeline(
         )
     )
     delete_schema = pa.schema([schema.field(id_column)])
-    _ = joined[DELETES] | "WriteDeletes" >> Write(
+    _ = joined[DELETES] | "WriteDeletes" >> WriteFiles(
         VectorParquetSink(
             folders.changes_prefix("deletes"),
             delete_schema,

@@ -12,11 +12,10 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.iobase import Write
-from apache_beam.io.textio import WriteToText
 from apache_beam.pvalue import PCollection
 
 from pipelines.columns import EMBEDDING_COLUMN, HASH_COLUMN
+from pipelines.file_writes import JsonLinesSink, WriteFiles
 from pipelines.outputs import RunFolders, dead_letter_json, to_output_table
 from pipelines.parquet_sink import VectorParquetSink
 from pipelines.prepare import PreparedRun
@@ -46,7 +45,7 @@ def write_snapshot(
             | f"Progress{suffix}" >> beam.ParDo(ReportProgress()).with_output_types(pa.Table)
             | f"OutputColumns{suffix}" >> beam.Map(to_output_table, schema).with_output_types(pa.Table)
             | f"WriteVectors{suffix}"
-            >> Write(
+            >> WriteFiles(
                 VectorParquetSink(
                     prefix,
                     schema,
@@ -62,5 +61,5 @@ def write_snapshot(
         | "CountFailures" >> beam.Map(count_dead_letter)
         | "FailureJson" >> beam.Map(dead_letter_json, spec.id_column, spec.text_column)
         # Beam 2.77's S3 writer rejects empty objects: on object stores, no failures means no shard.
-        | "WriteFailures" >> WriteToText(folders.failed_prefix, file_name_suffix=".jsonl", skip_if_empty=folders.remote)
+        | "WriteFailures" >> WriteFiles(JsonLinesSink(folders.failed_prefix, skip_if_empty=folders.remote))
     )

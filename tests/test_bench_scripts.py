@@ -202,6 +202,13 @@ def check_workers(tmp_path: Path, corpus: Path) -> None:
         table_row(output, label, r"(-|" + NUMBER + ")", r"(-|" + NUMBER + ")")
 
 
+def check_writes(tmp_path: Path, corpus: Path) -> None:
+    output = run_smoke("writes", "--corpus", str(corpus))
+    for name in ("10 dead letters", "200 dead letters", "200 vectors (Parquet)"):
+        table_row(output, name, NUMBER, NUMBER, "-?" + NUMBER, NUMBER + "x")
+    assert "same lines and rows written by both: yes" in output
+
+
 SMOKES: dict[str, Callable[[Path, Path], None]] = {
     "encode": check_encode,
     "pipeline": check_pipeline,
@@ -212,6 +219,7 @@ SMOKES: dict[str, Callable[[Path, Path], None]] = {
     "pss": check_pss,
     "lance": check_lance,
     "workers": check_workers,
+    "writes": check_writes,
 }
 
 #: The modules of bench/ that are not scripts, and the smoke runs that use them.
