@@ -5,8 +5,8 @@ through a JSON-lines sink; ``reembed`` writes five such sinks. This script times
 this process, a pipeline that writes
 
 * a handful of dead letters (the usual case: the write's fixed cost), and ``--lines`` of them;
-* the corpus's vectors as Arrow tables (the ``--rows`` first texts embedded once, outside the timing,
-  in tables of 1,000 rows),
+* the vectors of the ``--rows`` first texts (embedded once, outside the timing, and read back from
+  a Parquet file in tables of 1,000 rows, as the programs read their input),
 
 each through Beam's ``Write`` and through ``WriteFiles`` (the same sink object kind, the same
 elements), interleaved over ``--repeats`` rounds. Wall time includes building the pipeline. It
@@ -22,7 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.iobase import Write
+from apache_beam.io.parquetio import ReadFromParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.options.pipeline_options import PipelineOptions
 from bench_common import add_input_options, loadavg, resolve_inputs  # bench/ is on sys.path as a script
@@ -60,24 +61,28 @@ def main() -> None:
     lines_count = args.lines or (200 if args.smoke else 100_000)
     rows = args.rows or (200 if args.smoke else 50_000)
 
+    work = Path(tempfile.mkdtemp(prefix="beam-m2v-writes-bench-"))
     texts = pq.read_table(args.corpus, columns=["text"]).column("text").to_pylist()
     texts = (texts * (rows // max(1, len(texts)) + 1))[:rows]
     vectors = beam_m2v.load_model(args.model).encode_arrow(pa.array(texts, pa.string()))
     embedded = pa.table({"id": pa.array(range(rows), pa.int64()), "embedding": vectors})
-    tables = [embedded.slice(start, TABLE_ROWS) for start in range(0, rows, TABLE_ROWS)]
     schema = embedded.schema
-    letters = {
-        "few": [f'{{"id": {n}, "error_type": "InvalidUtf8", "position": {n}}}' for n in range(10)],
-        "many": [f'{{"id": {n}, "error_type": "TooDeep", "value": "{"x" * 80}"}}' for n in range(lines_count)],
-    }
-    work = Path(tempfile.mkdtemp(prefix="beam-m2v-writes-bench-"))
+    # Read back in row groups, as the programs read their input: a beam.Create of tables would time pickling.
+    vectors_file = work / "vectors.parquet"
+    pq.write_table(embedded, vectors_file, row_group_size=TABLE_ROWS)
+    del texts, vectors, embedded
+    letter_counts = {"few": 10, "many": lines_count}
+
+    def letters(count: int) -> Iterator[str]:
+        for n in range(count):
+            yield f'{{"id": {n}, "error_type": "InvalidUtf8", "value": "{"x" * 80}", "position": {n}}}'
 
     def lines_writer(kind: str, ours: bool) -> Callable[[], float]:
         def run() -> float:
             prefix = str(work / f"{kind}-{'ours' if ours else 'beams'}-{time.monotonic_ns()}" / "failed")
             sink = WriteFiles(JsonLinesSink(prefix)) if ours else WriteToText(prefix, file_name_suffix=".jsonl")
             outputs[run] = prefix
-            return timed(lambda p: p | beam.Create(letters[kind]) | sink)
+            return timed(lambda p: p | beam.Create([letter_counts[kind]]) | beam.FlatMap(letters) | sink)
 
         return run
 
@@ -86,7 +91,9 @@ def main() -> None:
             prefix = str(work / f"vectors-{'ours' if ours else 'beams'}-{time.monotonic_ns()}" / "part")
             sink = VectorParquetSink(prefix, schema, vector_columns=["embedding"], undictionary_columns=["id"])
             outputs[run] = prefix
-            return timed(lambda p: p | beam.Create(tables) | (WriteFiles(sink) if ours else Write(sink)))
+            return timed(
+                lambda p: p | ReadFromParquetBatched(str(vectors_file)) | (WriteFiles(sink) if ours else Write(sink))
+            )
 
         return run
 
