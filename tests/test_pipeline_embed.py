@@ -745,15 +745,32 @@ def test_portable_runner_with_external_workers_equals_fn_api_runner(
     assert SUMMARY.search(process.stdout)
 
 
+def interpreter_under_a_hostile_path(tmp_path: Path) -> str:
+    """This virtual environment's Python, reached through a folder whose path holds a space and shell characters."""
+    if sys.prefix == sys.base_prefix:  # not a virtual environment: the interpreter as it is
+        return sys.executable
+    link = tmp_path / "my env (1) & $HOME"
+    link.symlink_to(sys.prefix, target_is_directory=True)
+    return str(link / Path(sys.executable).relative_to(sys.prefix))
+
+
 # Two FnApiRunner SDK worker processes start, each importing Beam and loading the model: ~5-9 s here.
 def test_multi_processing_equals_in_memory(parquet_run, parquet_input, model, model_64_path, tmp_path):
+    """Also from a Python whose path needs quoting in a shell: Beam starts these workers through one."""
     reference, _ = parquet_run
     folder, _ = parquet_input
     out = tmp_path / "vectors"
-    process = embed_module(
-        *("--input", str(folder / "*.parquet"), "--output", str(out), "--model", str(model_64_path)),
-        "--direct_num_workers=2",
-        "--direct_running_mode=multi_processing",
+    arguments = ["--input", str(folder / "*.parquet"), "--output", str(out), "--model", str(model_64_path)]
+    arguments += ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    process = subprocess.run(
+        [interpreter_under_a_hostile_path(tmp_path), "-m", "pipelines.embed", *arguments],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=120,  # a worker that cannot start leaves the run waiting for it forever
+        check=False,
     )
     succeeded(process)
     check_same_output(out, reference)
