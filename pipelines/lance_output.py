@@ -90,7 +90,7 @@ from pipelines.outputs import (
 )
 from pipelines.prepare import PreparedRun, prepare
 from pipelines.progress import ReportProgress
-from pipelines.run import launch_options, local_workers_startable
+from pipelines.run import launch_options
 
 logger = logging.getLogger("beam_m2v.lance")
 
@@ -262,7 +262,7 @@ def _run(
     try:
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, prepared, plan, record, fragment_ids)
-        with pipeline_thread_budget(options), local_workers_startable(options):
+        with pipeline_thread_budget(options):
             pipeline.run().wait_until_finish()
     except Exception as error:
         _raise_if_moved(plan, error)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shlex
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_m2v.thread_budget import check_settings
@@ -53,29 +51,6 @@ def launch_options(args: argparse.Namespace, beam_args: Sequence[str]) -> Pipeli
     return options
 
 
-@contextlib.contextmanager
-def local_workers_startable(options: PipelineOptions) -> Iterator[None]:
-    """Around running a pipeline, so that FnApiRunner's ``multi_processing`` workers start whatever the Python path.
-
-    That mode starts each SDK worker through a shell, with the command line
-    ``<sys.executable> -m apache_beam.runners.worker.sdk_worker_main`` unquoted: from a virtual
-    environment whose path holds a space (``~/My Projects/.venv``) or another shell character, the
-    workers never start and the run waits for them forever. While the pipeline runs, this process's
-    ``sys.executable`` is the shell-quoted path, which that command line needs; nothing else in a
-    local run reads it.
-    """
-    path = sys.executable
-    quoted = shlex.quote(path)
-    if options.view_as(DirectOptions).direct_running_mode != "multi_processing" or quoted == path:
-        yield
-        return
-    sys.executable = quoted
-    try:
-        yield
-    finally:
-        sys.executable = path
-
-
 def run_and_publish(
     options: PipelineOptions,
     folders: RunFolders,
@@ -97,7 +72,7 @@ def run_and_publish(
         pipeline = beam.Pipeline(options=options)
         build(pipeline)
         running = progress if progress is not None else contextlib.nullcontext()
-        with pipeline_thread_budget(options), local_workers_startable(options), running:
+        with pipeline_thread_budget(options), running:
             result = pipeline.run()
             result.wait_until_finish()
         manifest = finish(result)

@@ -384,3 +384,25 @@ def test_embed_in_one_process_follows_the_explicit_option(output, model_64_path,
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"beam-m2v threads: 1 core for this process (--{OPTION}=1)" in done.stderr
+
+
+@pytest.mark.parametrize("mode", ["multi_processing", "in_memory", "multi_threading"])
+def test_the_interpreter_path_is_shell_quoted_only_while_multi_processing_workers_start(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    import shlex
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_m2v.transforms.local_workers import startable_local_workers
+
+    path = "/home/me/My Projects/.venv/bin/python"
+    monkeypatch.setattr(sys, "executable", path)
+    options = PipelineOptions(["--runner=FnApiRunner", f"--direct_running_mode={mode}"])
+    with startable_local_workers(options):
+        inside = sys.executable
+    if mode == "multi_processing":  # the shell reads Beam's worker command line back into the real path
+        assert shlex.split(f"{inside} -m apache_beam.runners.worker.sdk_worker_main")[0] == path
+    else:
+        assert inside == path
+    assert sys.executable == path

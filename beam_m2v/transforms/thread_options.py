@@ -15,6 +15,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from beam_m2v.thread_budget import OPTION, exported, launcher_environment, launcher_options, parse_threads
+from beam_m2v.transforms.local_workers import startable_local_workers
 
 
 def threads_option(text: str) -> str:
@@ -43,7 +44,8 @@ def pipeline_thread_budget(options: PipelineOptions) -> Iterator[None]:
 
     This process (where local runners run the pipeline) takes ``--m2v_threads_per_worker`` from
     ``options``, unless its budget is already fixed; FnApiRunner's ``multi_processing`` workers
-    started in the block learn it, or how many of them share the machine, from the environment.
+    started in the block learn it, or how many of them share the machine, from the environment,
+    and start from a Python whose path needs quoting in a shell (``startable_local_workers``).
     """
     explicit = options.view_as(ThreadBudgetOptions).m2v_threads_per_worker
     direct = options.view_as(DirectOptions)
@@ -51,5 +53,5 @@ def pipeline_thread_budget(options: PipelineOptions) -> Iterator[None]:
     if direct.direct_running_mode == "multi_processing":
         workers = 1 if direct.direct_num_workers is None else int(direct.direct_num_workers)
     own = {OPTION: explicit} if explicit else {}
-    with launcher_options(own), exported(launcher_environment(explicit, workers)):
+    with launcher_options(own), exported(launcher_environment(explicit, workers)), startable_local_workers(options):
         yield
