@@ -10,6 +10,7 @@ import pytest
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 import beam_m2v
+from beam_m2v.transforms.local_workers import startable_local_workers
 from tests.beam_helpers import (
     WriteDigests,
     assert_vectors,
@@ -153,8 +154,9 @@ def test_multi_processing_loads_once_per_process(model_64_path, corpus_texts, tm
         p | beam.Create(texts) | beam.Reshuffle() | beam_m2v.EmbedText(model_path, batch_size=20, min_batch_size=20)
     )
     assert_vectors(embedded | beam.Map(note_pid), expected)
-    run = p.run()
-    run.wait_until_finish()
+    with startable_local_workers(p.options):  # the workers start from any interpreter path
+        run = p.run()
+        run.wait_until_finish()
     processes = len(list(pid_dir.iterdir()))
     batches = len(texts) // 20
     assert 1 <= processes <= 2
