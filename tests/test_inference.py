@@ -75,13 +75,16 @@ def test_run_inference_dead_letters_with_exception_handling(model_256_path, expe
 
 
 def test_mltransform_columns(model_256_path, expected, tmp_path):
+    """Also from a model folder whose path is not ASCII: Beam keeps the handler's repr as an ASCII annotation."""
     rows = [{"id": i, "text": t} for i, t in enumerate(TEXTS)]
+    model_path = tmp_path / "modèles de José"
+    model_path.symlink_to(model_256_path, target_is_directory=True)
     with fn_api_pipeline() as p:
         out = (
             p
             | beam.Create(rows)
             | MLTransform(write_artifact_location=str(tmp_path / "artifacts")).with_transform(
-                beam_m2v.Model2VecEmbeddings(str(model_256_path), columns=["text"])
+                beam_m2v.Model2VecEmbeddings(str(model_path), columns=["text"])
             )
         )
 

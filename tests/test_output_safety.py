@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -602,13 +603,17 @@ def cron_line() -> str:
 
 
 def run_cron_line(line: str, root: Path, corpus: Path, model_64_path: Path) -> subprocess.CompletedProcess[str]:
-    """What cron runs: the command after the five time fields, with ``\\%`` turned into ``%``, by /bin/sh."""
+    """What cron runs: the command after the five time fields, with ``\\%`` turned into ``%``, by /bin/sh.
+
+    The paths put in place of the recipe's are quoted for the shell, as a user would quote theirs
+    (the repository's may hold a space); the corpus pattern already stands inside quotes.
+    """
     command = line.split(None, 5)[5].replace("\\%", "%")
     for placeholder, value in (
-        ("/srv/embeddings", str(root)),
-        (".venv/bin/beam-m2v", str(CONSOLE)),
+        ("/srv/embeddings", shlex.quote(str(root))),
+        (".venv/bin/beam-m2v", shlex.quote(str(CONSOLE))),
         ("/data/corpus/*.parquet", str(corpus / "*.parquet")),
-        ("minishlab/potion-base-8M", str(model_64_path)),
+        ("minishlab/potion-base-8M", shlex.quote(str(model_64_path))),
     ):
         assert placeholder in command, placeholder
         command = command.replace(placeholder, value)

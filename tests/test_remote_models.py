@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -371,8 +372,11 @@ def worker_pool(worker_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
     options) and runs ``sdk_worker_main``, which hands the options to Beam's FileSystems. A bare
     ``worker_pool_main`` skips that step, so its workers would see no ``--s3_*`` options at all.
     """
-    boot = tmp_path_factory.mktemp("boot") / "boot"
-    boot.write_text(f"#!{sys.executable}\n{BOOT}")
+    folder = tmp_path_factory.mktemp("boot")
+    (folder / "boot.py").write_text(BOOT)
+    boot = folder / "boot"
+    # A shell script: a #! line cannot name an interpreter whose path holds a space.
+    boot.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(folder / "boot.py"))} "$@"\n')
     boot.chmod(0o755)
     with beam_worker_pool(
         env={**os.environ, "BEAM_M2V_CACHE": str(worker_cache)}, container_executable=str(boot)

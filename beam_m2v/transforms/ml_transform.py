@@ -134,4 +134,5 @@ class AdaptedEmbeddingHandler(ModelHandler[Any, Any, StaticEmbedder]):  # type: 
         self._texts.update_model_path(model_path)
 
     def __repr__(self) -> str:
-        return f"Model2VecEmbeddings({self._texts.spec.source!r})"
+        """``Model2VecEmbeddings(SOURCE)``, in ASCII: Beam stores it as an ASCII annotation of the pipeline."""
+        return f"Model2VecEmbeddings({self._texts.spec.source!a})"
