@@ -71,8 +71,7 @@ def run_and_publish(
     try:
         pipeline = beam.Pipeline(options=options)
         build(pipeline)
-        running = progress if progress is not None else contextlib.nullcontext()
-        with pipeline_thread_budget(options), running:
+        with pipeline_thread_budget(options), progress if progress is not None else contextlib.nullcontext():
             result = pipeline.run()
             result.wait_until_finish()
         manifest = finish(result)

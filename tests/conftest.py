@@ -34,7 +34,7 @@ CORPUS_ROWS = 5000
 def pytest_configure(config: pytest.Config) -> None:
     """Keep the bytecode of what the tests import; give each xdist worker its share of the cores.
 
-    The tests start about 150 Python processes (``python -m pipelines.embed`` and others), and
+    The tests start many Python processes (``python -m pipelines.embed`` and others), and
     each imports Beam. Where ``PYTHONDONTWRITEBYTECODE`` is set, nothing compiled is kept, and
     every one of them compiles Beam's modules again (about 2 s of CPU each). So the test run
     writes bytecode whatever that setting says: the controller drops it before the workers start,
