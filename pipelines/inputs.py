@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -206,7 +207,11 @@ def match_files(pattern: str) -> list[str]:
     if _is_folder(pattern):
         raise _folder_error(pattern)
     try:
-        matches = FileSystems.match([pattern])[0].metadata_list
+        with warnings.catch_warnings():
+            # Beam turns '[[]' (a literal '[') into the regular expression '[[]', which Python flags as
+            # a possible nested set; it means what the pattern says.
+            warnings.filterwarnings("ignore", "Possible nested set", FutureWarning)
+            matches = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:
         raise InputError(f"input pattern {pattern!r} matches no files ({error})") from None
     files = sorted(
@@ -215,8 +220,24 @@ def match_files(pattern: str) -> list[str]:
         if is_remote(m.path) or not os.path.isdir(m.path)
     )
     if not files:
-        raise InputError(f"input pattern {pattern!r} matches no files")
+        raise InputError(f"input pattern {pattern!r} matches no files{_literal_folder_hint(pattern)}")
     return files
+
+
+def _literal_folder_hint(pattern: str) -> str:
+    """For a local pattern whose folder part names an existing folder with pattern characters, how to write it.
+
+    ``'day [1]/*.parquet'`` looks in folders named ``day 1``; when ``day [1]`` exists, the hint gives
+    ``'day [[]1]/*.parquet'``, which looks in it. Nothing is guessed: the pattern means what it says.
+    """
+    folder, name = os.path.split(pattern)
+    if is_remote(pattern) or not folder or not any(char in folder for char in "*?[") or not os.path.isdir(folder):
+        return ""
+    escaped = "".join(f"[{char}]" if char in "*?[" else char for char in folder)
+    return (
+        f"; the folder {folder!r} exists, but * ? [ ] in it are pattern characters: "
+        f"{os.path.join(escaped, name)!r} looks in it"
+    )
 
 
 def pattern_root(pattern: str) -> str:

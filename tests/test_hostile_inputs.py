@@ -408,3 +408,22 @@ def test_an_explicit_id_column_that_is_missing_is_refused(fmt, model_64_path, tm
         source = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": TEXTS[1]}])
     line = refused(args(source, tmp_path / "vectors", model_64_path, "--id-column", "doc_id"), capsys)
     assert "'doc_id'" in line, line
+
+
+@pytest.mark.parametrize("folder_name", ["day [1]", "[draft] notes?"])
+def test_a_pattern_in_a_folder_whose_name_has_pattern_characters_says_how_to_write_it(
+    tmp_path: Path, folder_name: str
+) -> None:
+    from pipelines.inputs import InputError, match_files
+
+    folder = tmp_path / folder_name
+    folder.mkdir()
+    pq.write_table(corpus_table().slice(0, 3), folder / "part.parquet")  # type: ignore[attr-defined]
+    decoy = tmp_path / "day 1"  # what 'day [1]' means as a pattern: a folder with no Parquet file
+    decoy.mkdir(exist_ok=True)
+    with pytest.raises(InputError) as refused:
+        match_files(str(folder / "*.parquet"))
+    message = str(refused.value)
+    assert "matches no files" in message and "\n" not in message
+    suggested = message.rsplit("pattern characters: ", 1)[1].removesuffix(" looks in it")[1:-1]
+    assert match_files(suggested) == [str(folder / "part.parquet")]
