@@ -56,25 +56,22 @@ from pipelines.console import console_main
 from pipelines.corpus import embed_tables, read_corpus
 from pipelines.embed_arguments import add_embed_arguments
 from pipelines.file_writes import JsonLinesSink, WriteFiles
-from pipelines.id_buckets import CURRENT, PREVIOUS, SplitByBucket
 from pipelines.inputs import InputError
 from pipelines.lance_steps import (
     COPIES,
-    DELETES,
-    KEYS,
+    KEPT,
+    NO_ROWS,
     REMOVED,
-    ROW_ADDRESS,
+    SEEN_IDS,
     TALLY,
     TO_EMBED,
     UPDATED,
     ClassifyRows,
     CommitRun,
     CopyRows,
-    DeleteRows,
     ReadFragmentKeys,
-    ReconcileBucket,
+    ReconcileFragment,
     RunRecord,
-    SplitByFragment,
     read_json,
     tally,
 )
@@ -95,8 +92,6 @@ from pipelines.run import launch_options
 logger = logging.getLogger("beam_m2v.lance")
 
 LANCE_SUFFIX = ".lance"
-#: Buckets the ids of a re-embedding run meet in (no texts travel through them).
-JOIN_BUCKETS = 16
 
 
 class LanceRunConflict(RuntimeError):
@@ -305,9 +300,9 @@ def build_pipeline(
         assert plan.expected_version is not None
         version = plan.expected_version
         compared = [name for name in schema.names if name not in (spec.id_column, EMBEDDING_COLUMN, HASH_COLUMN)]
+        fragments_read = pipeline | "PreviousFragments" >> beam.Create(list(fragment_ids))
         previous = (
-            pipeline
-            | "PreviousFragments" >> beam.Create(list(fragment_ids))
+            fragments_read
             | "SpreadPrevious" >> beam.Reshuffle()
             | "ReadPreviousKeys"
             >> beam.ParDo(
@@ -316,47 +311,34 @@ def build_pipeline(
         )
         classified = tables | "Classify" >> beam.ParDo(
             ClassifyRows(spec.id_column, compared), AsList(previous)
-        ).with_outputs(TO_EMBED, KEYS, TALLY)
+        ).with_outputs(TO_EMBED, KEPT, SEEN_IDS, TALLY)
         to_embed = classified[TO_EMBED]
-        bucketed = beam.typehints.Tuple[int, beam.typehints.Tuple[str, pa.Table]]
-        keyed_current = classified[KEYS] | "BucketCurrent" >> beam.ParDo(
-            SplitByBucket(spec.id_column, CURRENT, JOIN_BUCKETS)
-        ).with_output_types(bucketed)
-        keyed_previous = (
-            previous
-            | "PreviousAddresses"
-            >> beam.Map(lambda table: table.select([spec.id_column, ROW_ADDRESS])).with_output_types(pa.Table)
-            | "BucketPrevious"
-            >> beam.ParDo(SplitByBucket(spec.id_column, PREVIOUS, JOIN_BUCKETS)).with_output_types(bucketed)
-        )
+        every_fragment = fragments_read | "EveryFragment" >> beam.Map(lambda fragment_id: (fragment_id, NO_ROWS))
         reconciled = (
-            (keyed_current, keyed_previous)
+            (classified[KEPT], every_fragment)
             | "Together" >> beam.Flatten()
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "Reconcile" >> beam.ParDo(ReconcileBucket(spec.id_column)).with_outputs(DELETES, COPIES, TALLY)
-        )
-        deletes = reconciled[DELETES]
-        deleted = (
-            deletes
-            | "ByFragment" >> beam.ParDo(SplitByFragment())
             | "GroupByFragment" >> beam.GroupByKey()
-            | "DeleteRows" >> beam.ParDo(DeleteRows(plan.target, version)).with_outputs(UPDATED, REMOVED)
+            | "Reconcile"
+            >> beam.ParDo(
+                ReconcileFragment(plan.target, version, [spec.id_column]),
+                AsList(classified[SEEN_IDS]),
+            ).with_outputs(UPDATED, REMOVED, COPIES, TALLY)
         )
-        copies = (
-            reconciled[COPIES]
-            | "CopiesByFragment" >> beam.ParDo(SplitByFragment())
-            | "GroupCopiesByFragment" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(plan.target, version, schema.names)).with_output_types(pa.Table)
-        )
+        copies = reconciled[COPIES] | "CopyRows" >> beam.ParDo(
+            CopyRows(plan.target, version, schema.names)
+        ).with_output_types(pa.Table)
         copied = copies | "WriteCopies" >> beam.ParDo(WriteLanceFragments(plan.target, schema))
         counts += [
             previous | "CountPrevious" >> tally("previous_rows"),
-            deletes | "CountDeletes" >> tally("previous_deleted"),
             copies | "CountCopies" >> tally("copied"),
             classified[TALLY],
             reconciled[TALLY],
         ]
-        side = {"updated": AsList(deleted[UPDATED]), "removed": AsList(deleted[REMOVED]), "copies": AsList(copied)}
+        side = {
+            "updated": AsList(reconciled[UPDATED]),
+            "removed": AsList(reconciled[REMOVED]),
+            "copies": AsList(copied),
+        }
     embedded, failed = embed_tables(to_embed, prepared)
     counts.append(failed | "CountFailed" >> tally("embed_failed"))
     fragments = (

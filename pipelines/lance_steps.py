@@ -1,16 +1,16 @@
-"""The Beam steps of a Lance run: previous keys, classifying rows, row deletions, and the one commit.
+"""The Beam steps of a Lance run: previous keys, classifying rows, reconciling fragments, and the one commit.
 
 A re-embedding run reads the ids, text hashes and kept columns of the dataset's latest
 version fragment by fragment, with each row's address (fragment id and offset). Every worker
 holds them (about 30 bytes a row plus kept values) and classifies the corpus table by table
 where it is read: a row whose id has one previous row with the same text hash and kept values
-is unchanged and goes no further; the others (new, changed) are embedded and appended. Only
-ids and flags, no texts, then meet the previous rows' ids in buckets, to find the previous
-rows to delete (every row of an id without an unchanged current row) and ids that are
-unchanged in several current rows (whose one previous row is then copied). Deletions are
-deletion files per touched fragment, written by the workers. The commit step checks that
-every row is accounted for and commits the appended and updated fragments as one version.
-Unchanged vectors are never read or rewritten.
+is unchanged and goes no further; the others (new, changed) are embedded and appended. What
+travels on is small: for unchanged rows, the address of the previous row they keep; for the
+other rows whose id the previous version has, their ids. The kept addresses meet in one
+group per previous fragment, where every other row of the fragment is deleted (a deletion
+file, written by the worker) and a previous row kept by several current rows is copied. The
+commit step checks that every row is accounted for and commits the appended and updated
+fragments as one version. Unchanged vectors are never read or rewritten.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_m2v.transforms.lance_write import LanceCommitPlan, LanceTarget, commit_fragments, fragment_rows
 from pipelines.columns import HASH_COLUMN
-from pipelines.id_buckets import CURRENT, PREVIOUS, side_table
 
 #: The row address column Lance adds when asked (``fragment id << 32 | offset``).
 ROW_ADDRESS = "_rowaddr"
-#: Tagged outputs of ``ClassifyRows``, ``ReconcileBucket`` and ``DeleteRows``, and the flags of the key tables.
-TO_EMBED, KEYS, DELETES, COPIES, TALLY = "to_embed", "keys", "deletes", "copies", "tally"
-UNCHANGED, EMBEDDABLE = "__unchanged", "__embeddable"
+#: Tagged outputs of ``ClassifyRows`` and ``ReconcileFragment``.
+TO_EMBED, KEPT, SEEN_IDS, COPIES, TALLY = "to_embed", "kept", "seen_ids", "copies", "tally"
 UPDATED, REMOVED = "updated", "removed"
+#: The offsets of a fragment no unchanged row keeps (every fragment is grouped with at least this).
+NO_ROWS = np.zeros(0, dtype=np.int64)
 #: Where a run's record and dead letters go, inside the dataset's folder (Lance ignores it).
 RUNS_DIR = "_beam_m2v/runs"
 MANIFEST_NAME = "manifest.json"
@@ -77,6 +77,17 @@ def _concat(tables: Sequence[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(list(tables)).combine_chunks() if tables else None
 
 
+def _in_id_order(tables: Sequence[pa.Table], id_column: str) -> list[pa.Table]:
+    """Integer-id tables ordered by their first id (fragments written in id order then concatenate in order)."""
+    if not all(pa.types.is_integer(table.schema.field(id_column).type) and len(table) for table in tables):
+        return list(tables)
+    first: list[int | None] = [table.column(id_column)[0].as_py() for table in tables]
+    if None in first:
+        return list(tables)
+    order = sorted(range(len(tables)), key=lambda index: int(first[index] or 0))
+    return [tables[index] for index in order]
+
+
 def _ids(table: pa.Table, id_column: str) -> pa.Array:
     return table.column(id_column).combine_chunks()
 
@@ -92,13 +103,18 @@ class PreviousKeys:
     """The previous version's key rows, indexed by id once per worker: which ids it has, and each single row's index."""
 
     def __init__(self, tables: Sequence[pa.Table], id_column: str) -> None:
-        rows = _concat(tables)
+        rows = _concat(_in_id_order(tables, id_column))
         self.rows = rows if rows is not None else pa.table({id_column: pa.array([], pa.int64())})
         ids = _ids(self.rows, id_column)
+        self.addresses = _ids(self.rows, ROW_ADDRESS).to_numpy() if len(self.rows) else np.zeros(0, np.uint64)
         self._numeric = pa.types.is_integer(ids.type) and ids.null_count == 0
         if self._numeric:
-            values = ids.to_numpy().astype(np.int64)
-            self._unique, self._first, self._counts = np.unique(values, return_index=True, return_counts=True)
+            values = ids.to_numpy().astype(np.int64, copy=False)
+            if len(values) < 2 or bool((values[1:] > values[:-1]).all()):  # ids written in order: no sort needed
+                self._unique, self._first = values, np.arange(len(values), dtype=np.int64)
+                self._counts = np.ones(len(values), dtype=np.int64)
+            else:
+                self._unique, self._first, self._counts = np.unique(values, return_index=True, return_counts=True)
         else:  # any other id type: a dict of id -> (rows, first row); null ids never match
             self._rows_of: dict[Any, tuple[int, int]] = {}
             for row, value in enumerate(ids.to_pylist()):
@@ -138,7 +154,12 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
         return self._index[1]
 
     def process(self, table: pa.Table, previous_tables: Sequence[pa.Table]) -> Iterator[Any]:
-        """Outputs ``to_embed`` (rows, texts included), ``keys`` (id and flags, no text) and ``tally``."""
+        """Outputs ``to_embed`` (rows, texts included), ``kept``, ``seen_ids`` and ``tally``.
+
+        ``kept``: ``(fragment id, offsets)`` of the previous rows that unchanged rows keep (an
+        offset once per unchanged row). ``seen_ids``: a one-column table of the ids of the other
+        embeddable rows whose id the previous version has.
+        """
         previous = self._previous(previous_tables)
         ids = _ids(table, self._id)
         embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
@@ -159,50 +180,56 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
         yield beam.pvalue.TaggedOutput(TALLY, ("unchanged", int(unchanged.sum())))
         if (~unchanged).any():
             yield beam.pvalue.TaggedOutput(TO_EMBED, table.filter(pa.array(~unchanged)))
-        keys = pa.table({self._id: ids, UNCHANGED: unchanged, EMBEDDABLE: embeddable})
-        yield beam.pvalue.TaggedOutput(KEYS, keys)
+        if unchanged.any():
+            addresses = previous.addresses[previous_row[unchanged]]
+            yield from (beam.pvalue.TaggedOutput(KEPT, item) for item in by_fragment(addresses))
+        seen = embeddable & known & ~unchanged
+        if seen.any():
+            yield beam.pvalue.TaggedOutput(SEEN_IDS, pa.table({self._id: ids.filter(pa.array(seen))}))
 
 
-class ReconcileBucket(beam.DoFn):  # type: ignore[misc]
-    """For one bucket of ids: the previous rows to delete, and previous rows to copy for repeated unchanged ids.
+def by_fragment(addresses: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Row addresses as ``(fragment id, offsets)``, one item per fragment they point into."""
+    fragments = addresses >> np.uint64(32)
+    for fragment_id in np.unique(fragments):
+        yield int(fragment_id), (addresses[fragments == fragment_id] & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
-    A previous row is kept when its id has an unchanged current row (that id then has one
-    previous row); every other previous row is deleted. An id unchanged in ``n`` current rows
-    keeps its previous row and has it copied ``n - 1`` times, as a full embed would hold ``n``.
+
+class ReconcileFragment(_VersionReader):
+    """For one previous fragment: delete every row no unchanged row keeps; copy rows kept more than once.
+
+    The input is the fragment id with the offsets its unchanged current rows keep (an offset
+    once per such row; none when no row of the fragment is kept). Only the one previous row of
+    an id can be kept, by each unchanged current row of that id: a row kept ``n`` times is
+    copied ``n - 1`` times, as a full embed would hold ``n`` rows. A deleted row whose id is in
+    no ``seen_ids`` table has no embeddable current row: it counts as a deleted id.
     """
 
-    def __init__(self, id_column: str) -> None:
-        self._id = id_column
+    def process(self, item: tuple[int, Sequence[np.ndarray]], seen_ids: Sequence[pa.Table]) -> Iterator[Any]:
+        """Tagged outputs: ``updated`` (fragment JSON) or ``removed`` (fragment id), ``copies`` and ``tally``."""
+        from beam_m2v.transforms.lance_write import fragment_json
 
-    def process(self, item: tuple[int, Sequence[tuple[str, pa.Table]]]) -> Iterator[Any]:
-        """Tagged outputs: ``deletes`` and ``copies`` (tables of ``_rowaddr``) and ``tally`` (deleted ids' rows)."""
-        _, tables = item
-        previous = side_table(tables, PREVIOUS)
-        if previous is None or not len(previous):
-            return
-        current = side_table(tables, CURRENT)
-        if current is None:
-            current = pa.table(
-                {self._id: pa.array([], previous.schema.field(self._id).type), UNCHANGED: [], EMBEDDABLE: []}
-            )
-        ids = _ids(previous, self._id)
-        unchanged = current.filter(current.column(UNCHANGED))
-        counts = unchanged.group_by(self._id, use_threads=False).aggregate([(self._id, "count")])
-        position = pc.index_in(ids, value_set=counts.column(self._id).combine_chunks())
-        copies = np.zeros(len(previous), dtype=np.int64)
-        kept = position.is_valid().to_numpy(zero_copy_only=False)
-        if kept.any():
-            per_id = counts.column(f"{self._id}_count").combine_chunks()
-            copies[kept] = per_id.take(position.filter(position.is_valid())).to_numpy() - 1
-        addresses = previous.column(ROW_ADDRESS).combine_chunks()
-        embeddable_ids = _ids(current, self._id).filter(current.column(EMBEDDABLE).combine_chunks())
-        vanished = pc.invert(pc.is_in(ids, value_set=embeddable_ids)).to_numpy(zero_copy_only=False)
-        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", int(vanished.sum())))
-        if (~kept).any():
-            yield beam.pvalue.TaggedOutput(DELETES, pa.table({ROW_ADDRESS: addresses.filter(pa.array(~kept))}))
-        if copies.any():
-            repeated = np.repeat(addresses.to_numpy(), copies)
-            yield beam.pvalue.TaggedOutput(COPIES, pa.table({ROW_ADDRESS: pa.array(repeated, pa.uint64())}))
+        fragment_id, parts = item
+        kept, times = np.unique(np.concatenate([NO_ROWS, *parts]), return_counts=True)
+        fragment = self._dataset.get_fragment(fragment_id)
+        live = fragment.to_table(columns=self._columns, with_row_address=True)
+        offsets = (live.column(ROW_ADDRESS).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        if not np.isin(kept, offsets).all():
+            raise RuntimeError(f"fragment {fragment_id}: an unchanged row keeps a previous row that is not there")
+        deleted = ~np.isin(offsets, kept)
+        seen = _concat(seen_ids)
+        ids = _ids(live, self._columns[0]).filter(pa.array(deleted))
+        gone = ids if seen is None else ids.filter(pc.invert(pc.is_in(ids, value_set=_ids(seen, self._columns[0]))))
+        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", len(gone)))
+        yield beam.pvalue.TaggedOutput(TALLY, ("previous_deleted", int(deleted.sum())))
+        if deleted.any():
+            updated = fragment.delete_rows([int(offset) for offset in offsets[deleted]])
+            if updated is None:
+                yield beam.pvalue.TaggedOutput(REMOVED, fragment_id)
+            else:
+                yield beam.pvalue.TaggedOutput(UPDATED, fragment_json(updated))
+        if (times > 1).any():
+            yield beam.pvalue.TaggedOutput(COPIES, (fragment_id, [np.repeat(kept, times - 1)]))
 
 
 class CopyRows(_VersionReader):
@@ -216,42 +243,6 @@ class CopyRows(_VersionReader):
         offsets = (table.column(ROW_ADDRESS).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.int64)
         row_of = dict(zip(offsets.tolist(), range(len(offsets)), strict=True))
         yield table.select(self._columns).take(pa.array([row_of[int(offset)] for offset in wanted]))
-
-
-class SplitByFragment(beam.DoFn):  # type: ignore[misc]
-    """Key row addresses by their fragment: ``(fragment id, offsets)``."""
-
-    def process(self, table: pa.Table) -> Iterator[tuple[int, np.ndarray]]:
-        """One item per fragment the table's addresses point into."""
-        addresses = table.column(ROW_ADDRESS).to_numpy()
-        fragments = addresses >> np.uint64(32)
-        for fragment_id in np.unique(fragments):
-            offsets = (addresses[fragments == fragment_id] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            yield int(fragment_id), offsets
-
-
-class DeleteRows(beam.DoFn):  # type: ignore[misc]
-    """Write a fragment's new deletion file; emit its metadata (or its id, when no row is left)."""
-
-    def __init__(self, target: LanceTarget, version: int) -> None:
-        self._target = target
-        self._version = version
-
-    def setup(self) -> None:
-        """Open the dataset at the version the deletions are made from."""
-        self._dataset = self._target.open(self._version)
-
-    def process(self, item: tuple[int, Sequence[np.ndarray]]) -> Iterator[Any]:
-        """Mark the offsets deleted (``updated``: fragment JSON) or report the fragment empty (``removed``)."""
-        from beam_m2v.transforms.lance_write import fragment_json
-
-        fragment_id, parts = item
-        offsets = np.unique(np.concatenate(list(parts)))
-        updated = self._dataset.get_fragment(fragment_id).delete_rows([int(offset) for offset in offsets])
-        if updated is None:
-            yield beam.pvalue.TaggedOutput(REMOVED, fragment_id)
-        else:
-            yield beam.pvalue.TaggedOutput(UPDATED, fragment_json(updated))
 
 
 @dataclass(frozen=True)

@@ -764,6 +764,44 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model
     assert as_matrix(table.column("embedding")).tobytes() == model_64.encode([t for _, t in order]).tobytes()
 
 
+def test_reembeds_in_a_row_equal_full_embeds_when_fragments_empty_and_rows_repeat(model_64_path, tmp_path):
+    """Day 2 appends a fragment of changed rows; day 3 deletes all of it (the fragment goes) and repeats an id."""
+    texts = corpus_slice(200)
+    day1 = {i: texts[i] for i in range(60)}
+    day2 = {i: (f"{texts[i]} Edited." if 20 <= i < 40 else texts[i]) for i in range(60)}
+    day3_rows = [(i, day2[i]) for i in range(20)] + [(5, day2[5])]  # 20..39 vanish: day 2's whole fragment
+    day3_rows += [(i, texts[100 + i]) for i in range(40, 60)] + [(i, texts[i]) for i in range(60, 70)]
+
+    def write(rows: list[tuple[int, str]], name: str) -> str:
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), path)
+        return str(path)
+
+    def args(source: str, output: Path) -> list[str]:
+        return ["--input", source, "--output", str(output), "--model", str(model_64_path)]
+
+    def rows_of(output: Path, version: int | None = None) -> pa.Table:
+        table = lance.dataset(str(output), version=version).to_table()
+        return table.sort_by([("id", "ascending"), ("text_hash", "ascending")])
+
+    uri = tmp_path / "days.lance"
+    embed.run(args(write(list(day1.items()), "day1"), uri))
+    second = reembed.run(args(write(list(day2.items()), "day2"), uri))
+    fragments2 = {fragment.fragment_id for fragment in lance.dataset(str(uri)).get_fragments()}
+    third = reembed.run(args(write(day3_rows, "day3"), uri))
+    for name, rows in (("full2", list(day2.items())), ("full3", day3_rows)):
+        embed.run(args(write(rows, name), tmp_path / f"{name}.lance"))
+    assert rows_of(uri, 2).equals(rows_of(tmp_path / "full2.lance"))
+    assert rows_of(uri).equals(rows_of(tmp_path / "full3.lance"))
+    assert second["rows"] | {"changed": 20, "unchanged": 40, "deleted": 0} == second["rows"]
+    assert third["rows"] | {"new": 10, "changed": 20, "unchanged": 21, "deleted": 20, "unchanged_copies": 1} == (
+        third["rows"]
+    )
+    assert third["rows"]["previous_rows_deleted"] == 40  # 20 vanished and 20 changed
+    left = {fragment.fragment_id for fragment in lance.dataset(str(uri)).get_fragments()}
+    assert max(fragments2) not in left, "day 2's fragment lost every row and stays in the version"
+
+
 def test_a_lance_output_reads_its_options_as_the_parquet_path_does(model_64_path, tmp_path, caplog):
     """Underscore spellings are ours, abbreviations are not, and an argument nobody knows is named."""
     from pipelines import lance_output
