@@ -69,7 +69,6 @@ from pipelines.lance_steps import (
     ClassifyRows,
     CommitRun,
     CopyRows,
-    ReadFragmentKeys,
     ReconcileFragment,
     RunRecord,
     read_json,
@@ -300,19 +299,11 @@ def build_pipeline(
         assert plan.expected_version is not None
         version = plan.expected_version
         compared = [name for name in schema.names if name not in (spec.id_column, EMBEDDING_COLUMN, HASH_COLUMN)]
-        fragments_read = pipeline | "PreviousFragments" >> beam.Create(list(fragment_ids))
-        previous = (
-            fragments_read
-            | "SpreadPrevious" >> beam.Reshuffle()
-            | "ReadPreviousKeys"
-            >> beam.ParDo(
-                ReadFragmentKeys(plan.target, version, [spec.id_column, HASH_COLUMN, *compared])
-            ).with_output_types(pa.Table)
-        )
         classified = tables | "Classify" >> beam.ParDo(
-            ClassifyRows(spec.id_column, compared), AsList(previous)
+            ClassifyRows(plan.target, version, spec.id_column, compared)
         ).with_outputs(TO_EMBED, KEPT, SEEN_IDS, TALLY)
         to_embed = classified[TO_EMBED]
+        fragments_read = pipeline | "PreviousFragments" >> beam.Create(list(fragment_ids), reshuffle=False)
         every_fragment = fragments_read | "EveryFragment" >> beam.Map(lambda fragment_id: (fragment_id, NO_ROWS))
         reconciled = (
             (classified[KEPT], every_fragment)
@@ -329,7 +320,6 @@ def build_pipeline(
         ).with_output_types(pa.Table)
         copied = copies | "WriteCopies" >> beam.ParDo(WriteLanceFragments(plan.target, schema))
         counts += [
-            previous | "CountPrevious" >> tally("previous_rows"),
             copies | "CountCopies" >> tally("copied"),
             classified[TALLY],
             reconciled[TALLY],

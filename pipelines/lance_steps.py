@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.shared import Shared
 
 from beam_m2v.transforms.lance_write import LanceCommitPlan, LanceTarget, commit_fragments, fragment_rows
 from pipelines.columns import HASH_COLUMN
@@ -62,15 +63,6 @@ class _VersionReader(beam.DoFn):  # type: ignore[misc]
     def setup(self) -> None:
         """Open the dataset at the version read from."""
         self._dataset = self._target.open(self._version)
-
-
-class ReadFragmentKeys(_VersionReader):
-    """Read the key columns of one fragment of a dataset version, with each row's address."""
-
-    def process(self, fragment_id: int) -> Iterator[pa.Table]:
-        """The fragment's ``columns`` and ``_rowaddr`` (deleted rows excluded)."""
-        fragment = self._dataset.get_fragment(fragment_id)
-        yield fragment.to_table(columns=self._columns, with_row_address=True)
 
 
 def _concat(tables: Sequence[pa.Table]) -> pa.Table | None:
@@ -141,26 +133,39 @@ class PreviousKeys:
 
 
 class ClassifyRows(beam.DoFn):  # type: ignore[misc]
-    """Split each corpus table into rows to embed and unchanged rows, against the previous keys (a side input)."""
+    """Split each corpus table into rows to embed and unchanged rows, against the previous version's keys.
 
-    def __init__(self, id_column: str, compared_columns: Sequence[str]) -> None:
+    The keys (ids, text hashes, compared columns and row addresses of every row of the version)
+    are read from the dataset once per worker process and shared by its threads, as a side
+    input would be, without passing through the runner.
+    """
+
+    def __init__(self, target: LanceTarget, version: int, id_column: str, compared_columns: Sequence[str]) -> None:
+        self._target = target
+        self._version = version
         self._id = id_column
         self._compared = [HASH_COLUMN, *compared_columns]
-        self._index: tuple[int, PreviousKeys] | None = None
+        self._shared = Shared()
 
-    def _previous(self, tables: Sequence[pa.Table]) -> PreviousKeys:
-        if self._index is None or self._index[0] != id(tables):
-            self._index = (id(tables), PreviousKeys(tables, self._id))
-        return self._index[1]
+    def setup(self) -> None:
+        """Read the previous keys (or take them from another instance in this process)."""
+        self._previous: PreviousKeys = self._shared.acquire(self._read_keys, tag=(self._target.uri, self._version))
 
-    def process(self, table: pa.Table, previous_tables: Sequence[pa.Table]) -> Iterator[Any]:
+    def _read_keys(self) -> PreviousKeys:
+        dataset = self._target.open(self._version)
+        if dataset is None:
+            raise RuntimeError(f"{self._target.uri} has no version {self._version} to compare with")
+        keys = dataset.to_table(columns=[self._id, *self._compared], with_row_address=True, scan_in_order=True)
+        return PreviousKeys([keys], self._id)
+
+    def process(self, table: pa.Table) -> Iterator[Any]:
         """Outputs ``to_embed`` (rows, texts included), ``kept``, ``seen_ids`` and ``tally``.
 
         ``kept``: ``(fragment id, offsets)`` of the previous rows that unchanged rows keep (an
         offset once per unchanged row). ``seen_ids``: a one-column table of the ids of the other
         embeddable rows whose id the previous version has.
         """
-        previous = self._previous(previous_tables)
+        previous = self._previous
         ids = _ids(table, self._id)
         embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
         known, previous_row = previous.lookup(ids)
@@ -220,6 +225,7 @@ class ReconcileFragment(_VersionReader):
         seen = _concat(seen_ids)
         ids = _ids(live, self._columns[0]).filter(pa.array(deleted))
         gone = ids if seen is None else ids.filter(pc.invert(pc.is_in(ids, value_set=_ids(seen, self._columns[0]))))
+        yield beam.pvalue.TaggedOutput(TALLY, ("previous_rows", len(offsets)))
         yield beam.pvalue.TaggedOutput(TALLY, ("deleted", len(gone)))
         yield beam.pvalue.TaggedOutput(TALLY, ("previous_deleted", int(deleted.sum())))
         if deleted.any():
