@@ -2,8 +2,8 @@
 
 ``SplitByBucket`` cuts each table into one table per bucket, tagged with its side (``CURRENT``
 or ``PREVIOUS``); after a GroupByKey, one bucket's rows of both sides are together and
-``side_table`` gives each side as one table. ``reembed`` (into a folder or a Lance dataset)
-joins current and previous rows this way.
+``side_table`` gives each side as one table. ``reembed`` into a folder joins current and
+previous rows this way.
 """
 
 from __future__ import annotations

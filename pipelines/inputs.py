@@ -51,6 +51,7 @@ from pipelines.jsonl_types import (
     value_type,
 )
 from pipelines.progress import note_input_bytes
+from pipelines.read_ahead import Held, ReadAhead
 
 __all__ = [
     "FAILED_TAG",
@@ -546,7 +547,9 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
     """Read one Parquet row group of the corpus in tables of at most ``spec.rows_per_table`` rows.
 
     Columns are cast to the input's unified types (``schema``, lossless by construction). A row
-    with a null id, or a string that is not UTF-8, leaves its table as a dead letter.
+    with a null id, or a string that is not UTF-8, leaves its table as a dead letter. The next
+    row group of a bundle is decoded in a background thread while this one's tables go on
+    (``pipelines.read_ahead``), at most one table ahead.
     """
 
     def __init__(self, spec: InputSpec, schema: pa.Schema) -> None:
@@ -558,8 +561,44 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
         self._rows_read = Metrics.counter(NAMESPACE, ROWS_READ)
         self._failures = Metrics.counter(NAMESPACE, FAILURES)
 
-    def process(self, item: tuple[str, int, int]) -> Iterator[Any]:
-        """The tables (and dead letters) of the row group ``item`` names."""
+    def start_bundle(self) -> None:
+        """Start the reading thread of this bundle."""
+        self._ahead: ReadAhead[tuple[str, int, int]] = ReadAhead(self._read_row_group)
+        self._held: Held | None = None
+
+    def process(
+        self, item: tuple[str, int, int], window: Any = beam.DoFn.WindowParam, timestamp: Any = beam.DoFn.TimestampParam
+    ) -> Iterator[Any]:
+        """Hand the row group ``item`` names to the reading thread; the tables (and dead letters) of the one before."""
+        self._ahead.submit(item)
+        if self._held is not None:
+            yield from self._counted(self._ahead.outputs_before(1), self._held)
+        self._held = Held(window, timestamp)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        """The tables (and dead letters) of the bundle's last row group."""
+        try:
+            if self._held is not None:
+                yield from self._counted(self._ahead.outputs_before(0), self._held)
+        finally:
+            self._ahead.close()
+
+    def teardown(self) -> None:
+        """Stop a reading thread left by a failed bundle."""
+        ahead = getattr(self, "_ahead", None)
+        if ahead is not None:
+            ahead.close()
+
+    def _counted(self, outputs: Iterator[Any], held: Held) -> Iterator[Any]:
+        for output in outputs:  # counted here: Beam's metrics belong to the thread that processes the bundle
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                self._failures.inc()
+                self._rows_read.inc()
+            else:
+                self._rows_read.inc(len(output))
+            yield held.place(output)
+
+    def _read_row_group(self, item: tuple[str, int, int]) -> Iterator[Any]:
         path, group, first_row = item
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -570,7 +609,6 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
                     table = plain_strings(pa.Table.from_batches([batch])).select(self._schema.names)
                     if table.schema != self._schema:
                         table = table.cast(self._schema)
-                    self._rows_read.inc(len(table))
                     table = with_positions(table, path, np.arange(first_row, first_row + len(table)))
                     first_row += len(table)
                     yield from self._split(table, path)
@@ -593,7 +631,6 @@ class ReadParquetRows(beam.DoFn):  # type: ignore[misc]
             for row, (kind, reason) in sorted(bad.items()):
                 keep[row] = False
                 element = {name: _cell(table.column(name), row) for name in table.column_names}
-                self._failures.inc()
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, FailedElement(element, kind, reason))
             table = table.filter(pa.array(keep))
         if len(table):
