@@ -33,9 +33,11 @@ def unknown_token_id(tokenizer: Tokenizer) -> int | None:
 
 
 def median_token_length(tokenizer: Tokenizer) -> int:
-    """``int(median(len(token)))`` over the vocabulary sorted by id, added tokens included (model2vec's rule)."""
-    vocab = tokenizer.get_vocab()
-    lengths = [len(token) for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    """``int(median(len(token)))`` over the vocabulary, added tokens included (model2vec's rule).
+
+    model2vec takes the lengths in id order; a median does not depend on the order.
+    """
+    lengths = list(map(len, tokenizer.get_vocab()))
     return int(np.median(lengths)) if lengths else 1
 
 

@@ -39,3 +39,11 @@ def test_invalid_utf8_and_non_string_columns_hash_to_null():
     raw = pa.array([b"ok", b"\xff\xfe", None], pa.binary()).cast(pa.string(), safe=False)
     assert text_hashes(raw).to_pylist() == [*expected(["ok"]), None, None]
     assert text_hashes(pa.array([1, 2])).to_pylist() == [None, None]
+
+
+def test_many_texts_hash_across_rounds_including_a_slice():
+    """Several thousand texts (hashed in rounds of 1,024), nulls among them, and a slice starting mid-round."""
+    values = [None if i % 97 == 5 else f"text {i} " * (i % 13) for i in range(5000)]
+    texts = pa.array(values)
+    assert text_hashes(texts).to_pylist() == expected(values)
+    assert text_hashes(texts.slice(1500, 2100)).to_pylist() == expected(values[1500:3600])
