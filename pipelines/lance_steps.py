@@ -1,7 +1,7 @@
 """The Beam steps of a Lance run: previous keys, classifying rows, reconciling fragments, and the one commit.
 
 A re-embedding run reads the ids, text hashes and kept columns of the dataset's latest
-version fragment by fragment, with each row's address (fragment id and offset). Every worker
+version, with each row's address (fragment id and offset), once in each worker process, which
 holds them (about 30 bytes a row plus kept values) and classifies the corpus table by table
 where it is read: a row whose id has one previous row with the same text hash and kept values
 is unchanged and goes no further; the others (new, changed) are embedded and appended. What
@@ -69,17 +69,6 @@ def _concat(tables: Sequence[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(list(tables)).combine_chunks() if tables else None
 
 
-def _in_id_order(tables: Sequence[pa.Table], id_column: str) -> list[pa.Table]:
-    """Integer-id tables ordered by their first id (fragments written in id order then concatenate in order)."""
-    if not all(pa.types.is_integer(table.schema.field(id_column).type) and len(table) for table in tables):
-        return list(tables)
-    first: list[int | None] = [table.column(id_column)[0].as_py() for table in tables]
-    if None in first:
-        return list(tables)
-    order = sorted(range(len(tables)), key=lambda index: int(first[index] or 0))
-    return [tables[index] for index in order]
-
-
 def _ids(table: pa.Table, id_column: str) -> pa.Array:
     return table.column(id_column).combine_chunks()
 
@@ -91,14 +80,10 @@ def _equal_or_both_null(left: pa.Array, right: pa.Array) -> np.ndarray:
     return np.asarray(same | both_null, dtype=bool)
 
 
-class PreviousKeys:
-    """The previous version's key rows, indexed by id once per worker: which ids it has, and each single row's index."""
+class IdIndex:
+    """Ids indexed once for lookups: which of some ids it holds, and the row of each it holds exactly once."""
 
-    def __init__(self, tables: Sequence[pa.Table], id_column: str) -> None:
-        rows = _concat(_in_id_order(tables, id_column))
-        self.rows = rows if rows is not None else pa.table({id_column: pa.array([], pa.int64())})
-        ids = _ids(self.rows, id_column)
-        self.addresses = _ids(self.rows, ROW_ADDRESS).to_numpy() if len(self.rows) else np.zeros(0, np.uint64)
+    def __init__(self, ids: pa.Array) -> None:
         self._numeric = pa.types.is_integer(ids.type) and ids.null_count == 0
         if self._numeric:
             values = ids.to_numpy().astype(np.int64, copy=False)
@@ -115,7 +100,7 @@ class PreviousKeys:
                     self._rows_of[value] = (count + 1, first)
 
     def lookup(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """For each id: whether the previous version has it, and its row there when it has exactly one (else -1)."""
+        """For each id: whether the index holds it, and its row when it holds it exactly once (else -1)."""
         nothing = (np.zeros(len(ids), dtype=bool), np.full(len(ids), -1, dtype=np.int64))
         if self._numeric:
             if not pa.types.is_integer(ids.type) or not len(self._unique):
@@ -130,6 +115,15 @@ class PreviousKeys:
         known = np.array([entry is not None for entry in found], dtype=bool)
         rows = np.array([entry[1] if entry is not None and entry[0] == 1 else -1 for entry in found], dtype=np.int64)
         return known, rows
+
+
+class PreviousKeys:
+    """The previous version's key rows (ids, text hashes, compared columns, row addresses), indexed by id."""
+
+    def __init__(self, rows: pa.Table, id_column: str) -> None:
+        self.rows = rows.combine_chunks()
+        self.addresses: np.ndarray = _ids(self.rows, ROW_ADDRESS).to_numpy(zero_copy_only=False)
+        self.index = IdIndex(_ids(self.rows, id_column))
 
 
 class ClassifyRows(beam.DoFn):  # type: ignore[misc]
@@ -156,7 +150,7 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
         if dataset is None:
             raise RuntimeError(f"{self._target.uri} has no version {self._version} to compare with")
         keys = dataset.to_table(columns=[self._id, *self._compared], with_row_address=True, scan_in_order=True)
-        return PreviousKeys([keys], self._id)
+        return PreviousKeys(keys, self._id)
 
     def process(self, table: pa.Table) -> Iterator[Any]:
         """Outputs ``to_embed`` (rows, texts included), ``kept``, ``seen_ids`` and ``tally``.
@@ -168,7 +162,7 @@ class ClassifyRows(beam.DoFn):  # type: ignore[misc]
         previous = self._previous
         ids = _ids(table, self._id)
         embeddable = table.column(HASH_COLUMN).is_valid().to_numpy(zero_copy_only=False)
-        known, previous_row = previous.lookup(ids)
+        known, previous_row = previous.index.lookup(ids)
         unchanged = np.zeros(len(table), dtype=bool)
         candidates = np.flatnonzero((previous_row >= 0) & embeddable)
         if len(candidates):
@@ -210,6 +204,19 @@ class ReconcileFragment(_VersionReader):
     no ``seen_ids`` table has no embeddable current row: it counts as a deleted id.
     """
 
+    def setup(self) -> None:
+        """Open the dataset; no index of seen ids yet."""
+        super().setup()
+        self._seen_index: tuple[Sequence[pa.Table], IdIndex] | None = None
+
+    def _seen(self, seen_ids: Sequence[pa.Table], id_type: pa.DataType) -> IdIndex:
+        """The ``seen_ids`` tables as one index, built once per side input."""
+        if self._seen_index is None or self._seen_index[0] is not seen_ids:
+            seen = _concat(seen_ids)
+            ids = _ids(seen, self._columns[0]) if seen is not None else pa.array([], id_type)
+            self._seen_index = (seen_ids, IdIndex(ids))
+        return self._seen_index[1]
+
     def process(self, item: tuple[int, Sequence[np.ndarray]], seen_ids: Sequence[pa.Table]) -> Iterator[Any]:
         """Tagged outputs: ``updated`` (fragment JSON) or ``removed`` (fragment id), ``copies`` and ``tally``."""
         from beam_m2v.transforms.lance_write import fragment_json
@@ -222,11 +229,10 @@ class ReconcileFragment(_VersionReader):
         if not np.isin(kept, offsets).all():
             raise RuntimeError(f"fragment {fragment_id}: an unchanged row keeps a previous row that is not there")
         deleted = ~np.isin(offsets, kept)
-        seen = _concat(seen_ids)
         ids = _ids(live, self._columns[0]).filter(pa.array(deleted))
-        gone = ids if seen is None else ids.filter(pc.invert(pc.is_in(ids, value_set=_ids(seen, self._columns[0]))))
+        seen, _ = self._seen(seen_ids, ids.type).lookup(ids)
         yield beam.pvalue.TaggedOutput(TALLY, ("previous_rows", len(offsets)))
-        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", len(gone)))
+        yield beam.pvalue.TaggedOutput(TALLY, ("deleted", int((~seen).sum())))
         yield beam.pvalue.TaggedOutput(TALLY, ("previous_deleted", int(deleted.sum())))
         if deleted.any():
             updated = fragment.delete_rows([int(offset) for offset in offsets[deleted]])
