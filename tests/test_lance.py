@@ -730,6 +730,19 @@ def test_an_index_is_used_and_finds_the_exact_top_10(parquet_output, model_64_pa
     assert found / (10 * len(QUERIES)) >= 0.9  # recall@10 against exact search
 
 
+def write_id_text(path: Path, rows: list[tuple[int, str]], id_type: pa.DataType) -> str:
+    """Rows ``(id, text)`` as a Parquet file with ids of ``id_type``; returns its path."""
+    ids = pa.array([r[0] for r in rows]).cast(id_type)
+    pq.write_table(pa.table({"id": ids, "text": [r[1] for r in rows]}), path)
+    return str(path)
+
+
+def rows_by_id_and_hash(output: Path, version: int | None = None) -> pa.Table:
+    """A dataset version's rows, ordered by id and then text hash (rows of one id have no order of their own)."""
+    table = lance.dataset(str(output), version=version).to_table()
+    return table.sort_by([("id", "ascending"), ("text_hash", "ascending")])
+
+
 @pytest.mark.parametrize("id_type", [pa.int64(), pa.string()])
 def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model_64_path, tmp_path):
     texts = corpus_slice(120)
@@ -738,10 +751,7 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model
     day2 = [row for row in day2 if row[0] != 20] + [(20, texts[20])] * 3  # one previous row, three unchanged copies
 
     def write(rows: list[tuple[int, str]], name: str) -> str:
-        path = tmp_path / f"{name}.parquet"
-        ids = pa.array([r[0] for r in rows]).cast(id_type)
-        pq.write_table(pa.table({"id": ids, "text": [r[1] for r in rows]}), path)
-        return str(path)
+        return write_id_text(tmp_path / f"{name}.parquet", rows, id_type)
 
     def args(source: str, output: Path) -> list[str]:
         return ["--input", source, "--output", str(output), "--model", str(model_64_path)]
@@ -753,11 +763,8 @@ def test_reembed_with_duplicate_ids_equals_a_full_embed(id_type, model_64, model
     assert manifest["rows"]["unchanged_copies"] == 4  # ids 10 and 20: one previous row each, three current rows
     assert manifest["rows"]["read"] == manifest["rows"]["embedded"] == len(day2)
 
-    def rows_of(output: Path) -> pa.Table:
-        return lance.dataset(str(output)).to_table().sort_by([("id", "ascending"), ("text_hash", "ascending")])
-
-    assert rows_of(uri).equals(rows_of(full))
-    table = rows_of(uri)
+    assert rows_by_id_and_hash(uri).equals(rows_by_id_and_hash(full))
+    table = rows_by_id_and_hash(uri)
     order = sorted(
         day2, key=lambda row: (pa.scalar(row[0]).cast(id_type).as_py(), text_hashes(pa.array([row[1]]))[0].as_py())
     )
@@ -773,28 +780,22 @@ def test_reembeds_in_a_row_equal_full_embeds_when_fragments_empty_and_rows_repea
     day3_rows = [(i, day2[i]) for i in range(20)] + [(5, day2[5])]  # 20..39 vanish: day 2's whole fragment
     day3_rows += [(i, texts[100 + i]) for i in range(40, 60)] + [(i, texts[i]) for i in range(60, 70)]
 
-    def write(rows: list[tuple[int, str]], name: str) -> str:
-        path = tmp_path / f"{name}.parquet"
-        ids = pa.array([r[0] for r in rows]).cast(id_type)
-        pq.write_table(pa.table({"id": ids, "text": [r[1] for r in rows]}), path)
-        return str(path)
-
-    def args(source: str, output: Path) -> list[str]:
-        return ["--input", source, "--output", str(output), "--model", str(model_64_path)]
-
-    def rows_of(output: Path, version: int | None = None) -> pa.Table:
-        table = lance.dataset(str(output), version=version).to_table()
-        return table.sort_by([("id", "ascending"), ("text_hash", "ascending")])
+    def run(program: Any, rows: list[tuple[int, str]], name: str, output: Path) -> dict[str, Any]:
+        source = write_id_text(tmp_path / f"{name}.parquet", rows, id_type)
+        manifest: dict[str, Any] = program.run(
+            ["--input", source, "--output", str(output), "--model", str(model_64_path)]
+        )
+        return manifest
 
     uri = tmp_path / "days.lance"
-    embed.run(args(write(list(day1.items()), "day1"), uri))
-    second = reembed.run(args(write(list(day2.items()), "day2"), uri))
+    run(embed, list(day1.items()), "day1", uri)
+    second = run(reembed, list(day2.items()), "day2", uri)
     fragments2 = {fragment.fragment_id for fragment in lance.dataset(str(uri)).get_fragments()}
-    third = reembed.run(args(write(day3_rows, "day3"), uri))
+    third = run(reembed, day3_rows, "day3", uri)
     for name, rows in (("full2", list(day2.items())), ("full3", day3_rows)):
-        embed.run(args(write(rows, name), tmp_path / f"{name}.lance"))
-    assert rows_of(uri, 2).equals(rows_of(tmp_path / "full2.lance"))
-    assert rows_of(uri).equals(rows_of(tmp_path / "full3.lance"))
+        run(embed, rows, name, tmp_path / f"{name}.lance")
+    assert rows_by_id_and_hash(uri, 2).equals(rows_by_id_and_hash(tmp_path / "full2.lance"))
+    assert rows_by_id_and_hash(uri).equals(rows_by_id_and_hash(tmp_path / "full3.lance"))
     expected = [{"changed": 20, "unchanged": 40, "deleted": 0}]
     expected.append({"new": 10, "changed": 20, "unchanged": 21, "deleted": 20, "unchanged_copies": 1})
     for manifest, counts in zip((second, third), expected, strict=True):
