@@ -303,8 +303,8 @@ def build_pipeline(
             ClassifyRows(plan.target, version, spec.id_column, compared)
         ).with_outputs(TO_EMBED, KEPT, SEEN_IDS, TALLY)
         to_embed = classified[TO_EMBED]
-        fragments_read = pipeline | "PreviousFragments" >> beam.Create(list(fragment_ids), reshuffle=False)
-        every_fragment = fragments_read | "EveryFragment" >> beam.Map(lambda fragment_id: (fragment_id, NO_ROWS))
+        previous_fragments = pipeline | "PreviousFragments" >> beam.Create(list(fragment_ids), reshuffle=False)
+        every_fragment = previous_fragments | "EveryFragment" >> beam.Map(lambda fragment_id: (fragment_id, NO_ROWS))
         reconciled = (
             (classified[KEPT], every_fragment)
             | "Together" >> beam.Flatten()
